@@ -1,0 +1,29 @@
+# Everything a fresh clone needs: `make train`, `make test`, `make bench`.
+# The virtual environment lives in .venv and is (re)built when pyproject.toml changes.
+# TORCH pins the build: on CPU machines that carry the local 2.13.0 CPU wheel pip takes it;
+# on a GPU machine the same pin brings the CUDA build from PyPI.
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev,offline,tensorboard]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/bench_engine.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,24 @@
+"""mgpp: magnitude pruning of pretrained transformers with a mixture Gaussian prior (MGPP).
+
+The engine is a handful of small, composable pieces:
+
+* :mod:`mgpp.priors` -- ``MixtureGaussian``, ``L2``, ``NoPrior``
+* :mod:`mgpp.schedules` -- ``CubicSparsity``, ``PriorAnnealing``, ``NoPruning``
+* :mod:`mgpp.pruning` -- ``TargetSelector``, ``MagnitudeScore``, ``GlobalPruner``, ``kth_smallest``
+* :mod:`mgpp.methods` -- the presets ``dense``, ``gmp``, ``l2``, ``mgpp``, ``pa``
+* :mod:`mgpp.callback` -- ``PruningCallback`` for the Hugging Face ``Trainer``
+"""
+
+from .methods import PRESETS, PruningMethod, preset
+from .priors import L2, MixtureGaussian, NoPrior, Prior
+from .pruning import GlobalPruner, MagnitudeScore, TargetSelector, kth_smallest
+from .schedules import CubicSparsity, NoPruning, PriorAnnealing
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Prior", "MixtureGaussian", "L2", "NoPrior",
+    "CubicSparsity", "PriorAnnealing", "NoPruning",
+    "TargetSelector", "MagnitudeScore", "GlobalPruner", "kth_smallest",
+    "PruningMethod", "PRESETS", "preset",
+]

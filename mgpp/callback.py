@@ -1,0 +1,137 @@
+"""The bridge between a :class:`~mgpp.methods.PruningMethod` and the Hugging Face ``Trainer``.
+
+Per optimizer step ``t`` (1-based), in the Trainer's own order:
+
+1. backward, gradient clipping (and fp16 unscaling) by the Trainer;
+2. ``on_pre_optimizer_step``: ``grad += eta(t)/n * prior.grad(theta)`` on the target weights;
+3. ``optimizer.step()``;
+4. ``on_optimizer_step``: prune to ``sparsity(t)`` if the schedule says so, freeze or
+   re-apply a fixed mask.
+
+The callback never asks which method it runs: every decision comes from the
+method's prior, schedule and pruner.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .methods import PruningMethod
+from .pruning import FixedMask, Targets
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PruningCallback"]
+
+PREFIX = "pruning/"
+
+
+class PruningCallback(TrainerCallback):
+    """Adds the prior gradient and prunes, following ``method``.
+
+    Args:
+        method: prior, schedule, pruner and target selector to use.
+        train_size: ``n`` of Eq. 5, the number of training examples; the prior
+            gradient is scaled by ``eta(t) / n`` as the log-posterior is a sum over them.
+    """
+
+    def __init__(self, method: PruningMethod, train_size: int):
+        if isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1:
+            raise ValueError(f"train_size must be the positive number of training examples, got {train_size!r}")
+        self.method = method
+        self.train_size = train_size
+        self.targets: Targets | None = None
+        self.schedule = method.schedule
+        self.mask: FixedMask | None = None
+        self.step = 0  # index of the last optimizer step the callback acted on
+        self.threshold: float | None = None
+        self.prior = method.prior
+        self.prior_weight = 0.0
+
+    # -- setup -------------------------------------------------------------------------------
+    def attach(self, trainer) -> "PruningCallback":
+        """Register on ``trainer`` ahead of the reporting callbacks, so W&B & co. see the pruning metrics."""
+        trainer.callback_handler.callbacks.insert(0, self)
+        return self
+
+    def setup(self, model, total_steps: int, completed_steps: int = 0) -> None:
+        """Select targets and bind the schedule; called by ``on_train_begin`` (public for custom loops)."""
+        self.targets = self.method.targets.select(model)
+        log.info("pruning targets: %s", self.targets.summary())
+        self.schedule = self.method.schedule.bind(
+            total_steps, self.method.prior, self.targets.params, self.method.pruner
+        )
+        self.step = completed_steps
+        # Resuming past a mask freeze: the pruned weights are the zeros of the checkpoint.
+        if any(self.schedule.fixes_mask_at(t) for t in range(1, completed_steps + 1)):
+            self.mask = FixedMask(self.targets.params)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.setup(model, state.max_steps, state.global_step)
+
+    # -- per step ----------------------------------------------------------------------------
+    def add_prior_grad(self, t: int) -> None:
+        """Step 2 above, for optimizer step ``t``."""
+        self.prior = self.schedule.prior_at(t, self.method.prior)
+        self.prior_weight = self.schedule.prior_weight(t)
+        params = self.targets.params
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):  # e.g. a frozen or unused layer
+            params = [p for p, g in zip(params, grads) if g is not None]
+            grads = [g for g in grads if g is not None]
+        if params:
+            self.prior.add_grad_(params, grads, self.prior_weight / self.train_size)
+
+    def prune(self, t: int) -> None:
+        """Step 4 above, for optimizer step ``t``."""
+        self.step = t
+        params = self.targets.params
+        if self.schedule.prunes_at(t):
+            self.threshold = self.method.pruner.prune_(params, self.schedule.sparsity(t)).threshold
+        if self.schedule.fixes_mask_at(t):
+            self.mask = FixedMask(params)
+        if self.mask is not None:
+            self.mask.apply_(params)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.add_prior_grad(state.global_step + 1)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.prune(state.global_step + 1)
+
+    # -- what it exposes -----------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """Scalars for the logs: target/achieved sparsity, threshold, prior crossover, eta, penalty.
+
+        The achieved sparsity and the penalty take a pass over the target weights; call on
+        logging steps, not every step.
+        """
+        t = self.step
+        params = self.targets.params
+        crossover = self.prior.crossover()
+        scale = self.prior_weight / self.train_size
+        return {
+            PREFIX + "target_sparsity": self.schedule.sparsity(t) if t > 0 else 0.0,
+            PREFIX + "sparsity": self.targets.sparsity(),
+            PREFIX + "threshold": self.threshold if self.threshold is not None else 0.0,
+            PREFIX + "prior_crossover": crossover if crossover is not None else math.nan,
+            PREFIX + "prior_weight": self.prior_weight,
+            # The term the prior adds to the per-example loss: eta/n * sum(-log pi(theta)).
+            PREFIX + "prior_penalty": scale * self.prior.penalty(params) if self.prior.active else 0.0,
+        }
+
+    def layer_sparsity(self) -> dict[str, float]:
+        """Fraction of zeros per target tensor, keyed by parameter name."""
+        return self.targets.layer_sparsity()
+
+    def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
+        if logs is None or self.targets is None or not any(k in logs for k in ("loss", "train_loss")):
+            return
+        metrics = self.metrics()
+        logs.update(metrics)  # seen by the callbacks after this one (see attach)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(metrics)

@@ -1,0 +1,226 @@
+"""Priors over prunable weights and the gradient of their negative log density.
+
+A prior adds ``scale * grad(theta)`` to each target weight's gradient, where
+``scale = eta(t) / n`` (Eq. 5 of the MGPP paper). All priors are frozen dataclasses
+so that Hydra can build them with ``_target_`` and schedules can derive new ones
+(prior annealing changes ``sigma0_sq``) with :func:`dataclasses.replace`.
+
+Hot path: :meth:`Prior.add_grad_` works on whole lists of tensors with
+``torch._foreach_*`` kernels, in float32, over buckets of bounded size; there is no
+Python loop over parameters doing tensor math.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["Prior", "MixtureGaussian", "L2", "NoPrior"]
+
+# Elements per bucket of the float32 work lists: bounds the transient memory of the
+# prior update for models whose weights are not float32 (bf16/fp16 copies) and the
+# temporaries of the mixture gradient (one float32 value per weight in the bucket).
+BUCKET_NUMEL = 1 << 24
+
+
+def _buckets(tensors: Sequence[Tensor], max_numel: int = BUCKET_NUMEL) -> Iterator[slice]:
+    """Slices of ``tensors`` whose total size stays under ``max_numel`` (one tensor at least)."""
+    start, total = 0, 0
+    for i, t in enumerate(tensors):
+        if i > start and total + t.numel() > max_numel:
+            yield slice(start, i)
+            start, total = i, 0
+        total += t.numel()
+    if start < len(tensors):
+        yield slice(start, len(tensors))
+
+
+def _as_fp32(tensors: Sequence[Tensor]) -> list[Tensor]:
+    return [t if t.dtype == torch.float32 else t.float() for t in tensors]
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite variance, got {name}={value!r}")
+
+
+class Prior:
+    """Interface: an elementwise prior on target weights.
+
+    Subclasses implement :meth:`neg_log_density` and :meth:`grad`; they may override
+    :meth:`add_grad_` with a fused multi-tensor version.
+    """
+
+    #: False for priors that never change a gradient (lets callers skip work).
+    active: bool = True
+
+    def neg_log_density(self, theta: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def grad(self, theta: Tensor) -> Tensor:
+        """Elementwise d/dtheta of :meth:`neg_log_density`."""
+        raise NotImplementedError
+
+    def crossover(self) -> float | None:
+        """|theta| where the prior switches from shrinking to zero to leaving weights alone, if any."""
+        return None
+
+    @torch.no_grad()
+    def add_grad_(self, params: Sequence[Tensor], grads: Sequence[Tensor], scale: float) -> None:
+        """``grads[i] += scale * grad(params[i])``, computed in float32."""
+        if not self.active or scale == 0:
+            return
+        for part in _buckets(params):
+            updates = [self.grad(p) for p in _as_fp32(params[part])]
+            _add_(grads[part], updates, scale)
+
+    @torch.no_grad()
+    def penalty(self, params: Sequence[Tensor]) -> float:
+        """Sum of ``neg_log_density`` over all ``params`` (float64 accumulate; for logging)."""
+        total = 0.0
+        for p in params:
+            total += float(self.neg_log_density(p.detach().float()).sum(dtype=torch.float64))
+        return total
+
+
+def _add_(grads: Sequence[Tensor], updates: Sequence[Tensor], alpha: float) -> None:
+    """``grads += alpha * updates``; updates are float32, grads may be any float dtype."""
+    if all(g.dtype == torch.float32 for g in grads):
+        torch._foreach_add_(list(grads), list(updates), alpha=alpha)
+    else:
+        for g, u in zip(grads, updates):
+            g.add_(u.to(g.dtype), alpha=alpha)
+
+
+@dataclass(frozen=True)
+class MixtureGaussian(Prior):
+    """Spike-and-slab Gaussian mixture: ``lam * N(0, sigma1_sq) + (1 - lam) * N(0, sigma0_sq)``.
+
+    ``sigma0_sq`` (spike) and ``sigma1_sq`` (slab) are variances, as in the paper (Eq. 2).
+    """
+
+    lam: float = 1e-7
+    sigma0_sq: float = 1e-10
+    sigma1_sq: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lam, (int, float)) and 0.0 < self.lam < 1.0):
+            raise ValueError(f"lam (mixture weight of the slab) must lie in (0, 1), got lam={self.lam!r}")
+        _check_positive("sigma0_sq", self.sigma0_sq)
+        _check_positive("sigma1_sq", self.sigma1_sq)
+        if self.sigma0_sq >= self.sigma1_sq:
+            raise ValueError(
+                "the spike variance must be smaller than the slab variance, got "
+                f"sigma0_sq={self.sigma0_sq!r} >= sigma1_sq={self.sigma1_sq!r}"
+            )
+
+    # Constants of Eq. 4: g = 1 / (exp(c2 * theta^2 + c1) + 1) is the posterior
+    # probability that theta belongs to the spike.
+    @property
+    def c1(self) -> float:
+        return (
+            math.log(self.lam)
+            - math.log1p(-self.lam)
+            + 0.5 * math.log(self.sigma0_sq)
+            - 0.5 * math.log(self.sigma1_sq)
+        )
+
+    @property
+    def c2(self) -> float:
+        return 0.5 / self.sigma0_sq - 0.5 / self.sigma1_sq
+
+    def _log_weighted_components(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        sq = theta * theta
+        log_spike = math.log1p(-self.lam) - 0.5 * math.log(2 * math.pi * self.sigma0_sq) - sq / (2 * self.sigma0_sq)
+        log_slab = math.log(self.lam) - 0.5 * math.log(2 * math.pi * self.sigma1_sq) - sq / (2 * self.sigma1_sq)
+        return log_spike, log_slab
+
+    def neg_log_density(self, theta: Tensor) -> Tensor:
+        # log-sum-exp of the two weighted components: finite for sigma0_sq down to 1e-12
+        # and any finite theta (each term is a finite quadratic; logaddexp never overflows).
+        log_spike, log_slab = self._log_weighted_components(theta)
+        return -torch.logaddexp(log_spike, log_slab)
+
+    def spike_probability(self, theta: Tensor) -> Tensor:
+        """g of Eq. 4, as a sigmoid so that no exponential of a huge number is formed."""
+        return torch.sigmoid(-(self.c1 + self.c2 * (theta * theta)))
+
+    def grad(self, theta: Tensor) -> Tensor:
+        g = self.spike_probability(theta)
+        inv0, inv1 = 1.0 / self.sigma0_sq, 1.0 / self.sigma1_sq
+        return theta * (inv1 + g * (inv0 - inv1))
+
+    def crossover(self) -> float:
+        """|theta| where ``(1-lam) N(theta; 0, sigma0_sq) = lam N(theta; 0, sigma1_sq)`` (c1 + c2 theta^2 = 0).
+
+        Weights below it are pulled towards zero by the spike; 0 when the slab dominates everywhere.
+        """
+        return math.sqrt(max(-self.c1, 0.0) / self.c2)
+
+    @torch.no_grad()
+    def add_grad_(self, params: Sequence[Tensor], grads: Sequence[Tensor], scale: float) -> None:
+        if scale == 0:
+            return
+        # grad = theta * (inv1 + g * (inv0 - inv1)); the scale is folded into the two constants
+        # so that the last pass is a single fused grads += tmp * theta.
+        a = scale * (1.0 / self.sigma0_sq - 1.0 / self.sigma1_sq)
+        b = scale / self.sigma1_sq
+        for part in _buckets(params):
+            thetas = _as_fp32(params[part])
+            tmp = torch._foreach_mul(thetas, thetas)
+            torch._foreach_mul_(tmp, -self.c2)
+            torch._foreach_add_(tmp, -self.c1)
+            torch._foreach_sigmoid_(tmp)  # g
+            torch._foreach_mul_(tmp, a)
+            torch._foreach_add_(tmp, b)
+            target = list(grads[part])
+            if all(g.dtype == torch.float32 for g in target):
+                torch._foreach_addcmul_(target, tmp, thetas)
+            else:
+                _add_(target, torch._foreach_mul(tmp, thetas), 1.0)
+
+
+@dataclass(frozen=True)
+class L2(Prior):
+    """Gaussian prior ``N(0, sigma_sq)``: the L2 ablation of the paper uses the slab variance."""
+
+    sigma_sq: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check_positive("sigma_sq", self.sigma_sq)
+
+    def neg_log_density(self, theta: Tensor) -> Tensor:
+        return theta * theta / (2 * self.sigma_sq) + 0.5 * math.log(2 * math.pi * self.sigma_sq)
+
+    def grad(self, theta: Tensor) -> Tensor:
+        return theta / self.sigma_sq
+
+    @torch.no_grad()
+    def add_grad_(self, params: Sequence[Tensor], grads: Sequence[Tensor], scale: float) -> None:
+        if scale == 0:
+            return
+        for part in _buckets(params):
+            _add_(grads[part], _as_fp32(params[part]), scale / self.sigma_sq)
+
+
+@dataclass(frozen=True)
+class NoPrior(Prior):
+    """Flat (improper) prior: no penalty, no gradient. GMP and dense fine-tuning use it."""
+
+    active = False
+
+    def neg_log_density(self, theta: Tensor) -> Tensor:
+        return torch.zeros_like(theta)
+
+    def grad(self, theta: Tensor) -> Tensor:
+        return torch.zeros_like(theta)
+
+    def add_grad_(self, params: Sequence[Tensor], grads: Sequence[Tensor], scale: float) -> None:
+        return None
+
+    def penalty(self, params: Sequence[Tensor]) -> float:
+        return 0.0

@@ -1,0 +1,175 @@
+"""The pruning callback inside a real Hugging Face Trainer, on tiny random models."""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from mgpp import preset
+from mgpp.callback import PruningCallback
+from mgpp.methods import PruningMethod
+from mgpp.pruning import TargetSelector, num_to_prune
+
+from conftest import VOCAB, tiny_bert
+
+STEPS, BATCH, N = 24, 8, 64
+
+
+def random_classification_data(n=N, seq=16):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, VOCAB, (n, seq), generator=g)
+    labels = (ids[:, 0] % 2).tolist()  # learnable signal
+    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * seq] * n, "labels": labels})
+
+
+def make_trainer(tmp_path, model, callbacks=(), steps=STEPS, **overrides):
+    args = dict(
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=1e-3,
+        logging_steps=6, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+        max_grad_norm=1.0,
+    )
+    args.update(overrides)
+    return Trainer(model=model, args=TrainingArguments(**args), train_dataset=random_classification_data(),
+                   callbacks=list(callbacks))
+
+
+def run(tmp_path, method, extra=(), **overrides):
+    model = tiny_bert()
+    pruning = PruningCallback(method, train_size=N)
+    trainer = make_trainer(tmp_path, model, extra, **overrides)
+    pruning.attach(trainer)
+    trainer.train()
+    return model, pruning, trainer
+
+
+SCHEDULE = dict(t_i=4, t_f=16, prune_every=3)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("gmp", SCHEDULE),
+        ("l2", SCHEDULE),
+        ("mgpp", dict(SCHEDULE, sigma0_sq=1e-6, sigma1_sq=0.05, lam=1e-4)),
+        ("pa", dict(t_f=16, sigma0_sq=1e-6, sigma1_sq=0.05, lam=1e-4)),
+    ],
+)
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+def test_presets_end_at_target_sparsity(tmp_path, name, kwargs, sparsity):
+    model, pruning, trainer = run(tmp_path, preset(name, sparsity=sparsity, **kwargs))
+    targets = pruning.targets
+    zeros = sum(targets.zeros_per_tensor())
+    assert zeros == num_to_prune(sparsity, targets.numel)
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged, "no training log"
+    last = logged[-1]
+    for key in ["target_sparsity", "sparsity", "threshold", "prior_crossover", "prior_weight", "prior_penalty"]:
+        assert "pruning/" + key in last
+    assert last["pruning/sparsity"] == pytest.approx(sparsity, abs=1e-4)
+    assert last["pruning/target_sparsity"] == sparsity
+    assert last["pruning/threshold"] > 0
+
+
+def test_dense_never_zeroes_anything(tmp_path):
+    model, pruning, trainer = run(tmp_path, preset("dense"))
+    assert sum(pruning.targets.zeros_per_tensor()) == 0
+    assert trainer.state.global_step == STEPS
+
+
+class RecordAfterStep(TrainerCallback):
+    """Copies which target weights are zero after every optimizer step."""
+
+    def __init__(self, pruning):
+        self.pruning, self.zero_masks = pruning, {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.zero_masks[state.global_step] = [p.detach() == 0 for p in self.pruning.targets.params]
+
+
+def test_pa_keeps_pruned_weights_at_zero_after_one_shot_prune(tmp_path):
+    method = preset("pa", sparsity=0.7, t_f=10, sigma0_sq=1e-6, sigma1_sq=0.05, lam=1e-4)
+    pruning = PruningCallback(method, train_size=N)
+    recorder = RecordAfterStep(pruning)
+    trainer = make_trainer(tmp_path, tiny_bert(), [recorder])
+    pruning.attach(trainer)
+    trainer.train()
+    masks = recorder.zero_masks
+    assert all(sum(int(m.sum()) for m in masks[t]) == 0 for t in range(1, 10))  # nothing pruned while annealing
+    pruned_at_tf = masks[10]
+    assert sum(int(m.sum()) for m in pruned_at_tf) == num_to_prune(0.7, pruning.targets.numel)
+    for t in range(11, STEPS + 1):  # the mask is fixed: exactly the same weights are zero
+        assert all(torch.equal(a, b) for a, b in zip(masks[t], pruned_at_tf)), t
+
+
+def test_mgpp_pruned_weights_may_regrow_between_prunes(tmp_path):
+    """Algorithm 1 keeps no mask: weights zeroed at one pruning step can come back before the next."""
+    method = preset("mgpp", sparsity=0.5, t_i=4, t_f=20, prune_every=8, sigma0_sq=1e-6, sigma1_sq=0.05, lam=1e-4)
+    pruning = PruningCallback(method, train_size=N)
+    recorder = RecordAfterStep(pruning)
+    trainer = make_trainer(tmp_path, tiny_bert(), [recorder])
+    pruning.attach(trainer)
+    trainer.train()
+    zeros_at = {t: sum(int(m.sum()) for m in recorder.zero_masks[t]) for t in recorder.zero_masks}
+    assert zeros_at[12] > 0 and zeros_at[13] < zeros_at[12]
+
+
+def test_prior_gradient_is_added_after_clipping(tmp_path):
+    """With the loss gradient clipped to ~0 and plain SGD (lr=1), one step moves a target weight by
+    -eta/n * prior.grad(theta); had the prior been added before clipping it would be clipped away too."""
+    sigma_sq, n = 0.05, 10
+    method = preset("l2", sparsity=0.0, sigma1_sq=sigma_sq, t_i=0, t_f=1)
+    model = tiny_bert()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    pruning = PruningCallback(method, train_size=n)
+    trainer = make_trainer(tmp_path, model, steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=1e-12,
+                           weight_decay=0.0, lr_scheduler_type="constant")
+    pruning.attach(trainer)
+    trainer.train()
+    for name, p in zip(pruning.targets.names, pruning.targets.params):
+        expected = before[name] * (1 - 1.0 / (n * sigma_sq))
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-8)
+    classifier = dict(model.named_parameters())["classifier.weight"]
+    assert torch.allclose(classifier, before["classifier.weight"], atol=1e-8)  # untouched by the prior
+
+
+def test_prior_gradient_value_and_warmup():
+    """add_prior_grad adds eta(t)/n * grad(theta) to exactly the target weights."""
+    method = preset("mgpp", sparsity=0.5, t_i=10, t_f=20, sigma0_sq=1e-6, sigma1_sq=0.05, lam=1e-4)
+    model = tiny_bert()
+    pruning = PruningCallback(method, train_size=100)
+    pruning.setup(model, total_steps=30)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    pruning.add_prior_grad(t=5)  # eta = 0.5
+    for p in pruning.targets.params:
+        torch.testing.assert_close(p.grad, 0.5 / 100 * method.prior.grad(p.detach()))
+    assert (model.classifier.weight.grad == 0).all() and (model.bert.embeddings.word_embeddings.weight.grad == 0).all()
+
+
+def test_patterns_matching_nothing_fail_before_training(tmp_path):
+    method = PruningMethod(targets=TargetSelector(include=["no_such_layer"]))
+    model = tiny_bert()
+    trainer = make_trainer(tmp_path, model)
+    PruningCallback(method, train_size=N).attach(trainer)
+    with pytest.raises(ValueError, match="no_such_layer"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_schedule_longer_than_training_fails_before_training(tmp_path):
+    trainer = make_trainer(tmp_path, tiny_bert())
+    PruningCallback(preset("gmp", t_i=4, t_f=100), train_size=N).attach(trainer)
+    with pytest.raises(ValueError, match="t_f=100"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+def test_train_size_must_be_positive_int(bad):
+    with pytest.raises(ValueError, match="train_size"):
+        PruningCallback(preset("dense"), train_size=bad)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown method 'mpgg'"):
+        preset("mpgg")
