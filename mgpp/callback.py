@@ -120,7 +120,8 @@ class PruningCallback(TrainerCallback):
             PREFIX + "threshold": self.threshold if self.threshold is not None else 0.0,
             PREFIX + "prior_crossover": crossover if crossover is not None else math.nan,
             PREFIX + "prior_weight": self.prior_weight,
-            # The term the prior adds to the per-example loss: eta/n * sum(-log pi(theta)).
+            # The prior's term of the per-example loss, eta/n * sum(-log pi(theta)), measured
+            # from the all-zero model (see Prior.penalty).
             PREFIX + "prior_penalty": scale * self.prior.penalty(params) if self.prior.active else 0.0,
         }
 

@@ -12,12 +12,15 @@ Python loop over parameters doing tensor math.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Prior", "MixtureGaussian", "L2", "NoPrior"]
 
@@ -80,10 +83,17 @@ class Prior:
 
     @torch.no_grad()
     def penalty(self, params: Sequence[Tensor]) -> float:
-        """Sum of ``neg_log_density`` over all ``params`` (float64 accumulate; for logging)."""
+        """``sum(-log pi(theta) + log pi(0))`` over all ``params``, for logging.
+
+        The same as the prior's term of the objective up to a constant, but measured from
+        the all-zero model, so it is non-negative and its trend is readable on a dashboard
+        (the raw sum is dominated by the normalising constants).
+        """
+        at_zero = self.neg_log_density(torch.zeros((), dtype=torch.float32))
         total = 0.0
         for p in params:
-            total += float(self.neg_log_density(p.detach().float()).sum(dtype=torch.float64))
+            x = p.detach().float()
+            total += float((self.neg_log_density(x) - at_zero.to(x.device)).sum(dtype=torch.float64))
         return total
 
 
@@ -96,16 +106,33 @@ def _add_(grads: Sequence[Tensor], updates: Sequence[Tensor], alpha: float) -> N
             g.add_(u.to(g.dtype), alpha=alpha)
 
 
+def _mixture_update(params, grads, c1, c2, a, b):
+    """``grads += theta * (b + a * g)``, ``g = sigmoid(-(c1 + c2 theta^2))``: one fused pass per tensor once compiled."""
+    for p, g in zip(params, grads):
+        x = p.float()
+        gate = torch.sigmoid(-(c1 + c2 * x * x))
+        g.add_((x * (b + a * gate)).to(g.dtype))
+
+
+_compiled_mixture_update = None  # built on first use; False once compilation has failed here
+
+
 @dataclass(frozen=True)
 class MixtureGaussian(Prior):
     """Spike-and-slab Gaussian mixture: ``lam * N(0, sigma1_sq) + (1 - lam) * N(0, sigma0_sq)``.
 
     ``sigma0_sq`` (spike) and ``sigma1_sq`` (slab) are variances, as in the paper (Eq. 2).
+    ``compile=True`` runs the gradient as one ``torch.compile``-d function over all target
+    tensors (one read of theta and one read-write of the gradient instead of seven
+    foreach passes; about 4x faster on CPU) at the price of a one-off compilation
+    (~20 s for MiniLM on 2 CPU cores). Its constants are tensors, so annealing sigma0_sq
+    or warming up eta never recompiles. Falls back to foreach if compilation fails.
     """
 
     lam: float = 1e-7
     sigma0_sq: float = 1e-10
     sigma1_sq: float = 0.05
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.lam, (int, float)) and 0.0 < self.lam < 1.0):
@@ -169,6 +196,8 @@ class MixtureGaussian(Prior):
         # so that the last pass is a single fused grads += tmp * theta.
         a = scale * (1.0 / self.sigma0_sq - 1.0 / self.sigma1_sq)
         b = scale / self.sigma1_sq
+        if self.compile and self._add_grad_compiled(params, grads, a, b):
+            return
         for part in _buckets(params):
             thetas = _as_fp32(params[part])
             tmp = torch._foreach_mul(thetas, thetas)
@@ -182,6 +211,23 @@ class MixtureGaussian(Prior):
                 torch._foreach_addcmul_(target, tmp, thetas)
             else:
                 _add_(target, torch._foreach_mul(tmp, thetas), 1.0)
+
+
+    def _add_grad_compiled(self, params, grads, a: float, b: float) -> bool:
+        global _compiled_mixture_update
+        if _compiled_mixture_update is False:
+            return False
+        if _compiled_mixture_update is None:
+            _compiled_mixture_update = torch.compile(_mixture_update, dynamic=False)
+        dev = params[0].device
+        consts = [torch.tensor(v, dtype=torch.float32, device=dev) for v in (self.c1, self.c2, a, b)]
+        try:
+            _compiled_mixture_update(list(params), list(grads), *consts)
+            return True
+        except Exception as err:  # no C++ compiler / Triton, unsupported backend ...
+            log.warning("compiled prior gradient failed (%s); falling back to torch._foreach", err)
+            _compiled_mixture_update = False
+            return False
 
 
 @dataclass(frozen=True)

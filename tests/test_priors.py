@@ -115,3 +115,35 @@ def test_bad_prior_values_are_named(kwargs, names):
 def test_bad_l2_variance():
     with pytest.raises(ValueError, match="sigma_sq=0"):
         L2(0)
+
+
+@pytest.mark.parametrize("prior", [MixtureGaussian(1e-7, 1e-10, 0.05), L2(0.05)])
+def test_penalty_is_sum_of_neg_log_density_from_zero(prior):
+    torch.manual_seed(0)
+    params = [torch.randn(10, 3) * 0.05, torch.randn(7)]
+    expected = sum(float((prior.neg_log_density(p.double()) - prior.neg_log_density(torch.zeros(1).double())).sum())
+                   for p in params)
+    assert prior.penalty(params) == pytest.approx(expected, rel=1e-5)
+    assert prior.penalty([torch.zeros(5)]) == 0.0
+    assert prior.penalty(params) > 0
+
+
+def test_compiled_prior_gradient_matches_foreach_without_recompiling():
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    params = [torch.randn(16, 8) * 0.02, torch.randn(40) * 0.02, torch.randn(8, 8) * 1e-5]
+    base = [torch.randn_like(p) for p in params]
+    compiled = MixtureGaussian(1e-7, 1e-6, 0.05, compile=True)
+    eager = MixtureGaussian(1e-7, 1e-6, 0.05)
+    for step, (sigma0_sq, scale) in enumerate([(1e-6, 0.3), (1e-7, 0.1), (1e-8, 1.0)]):
+        fused = [g.clone() for g in base]
+        ref = [g.clone() for g in base]
+        MixtureGaussian(1e-7, sigma0_sq, 0.05, compile=True).add_grad_(params, fused, scale)
+        MixtureGaussian(1e-7, sigma0_sq, 0.05).add_grad_(params, ref, scale)
+        for f, r in zip(fused, ref):
+            torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-5)
+        if step == 0:
+            frames = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == frames  # new sigma0_sq / scale: no recompilation
+    assert compiled.crossover() == eager.crossover()
