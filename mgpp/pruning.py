@@ -149,6 +149,10 @@ class TargetSelector:
 class MagnitudeScore:
     """|theta|: the score of magnitude pruning. A score maps a weight chunk to same-shape float32 scores."""
 
+    #: Scores are >= 0 and never -0.0, so selection can use their bits as they are
+    #: (a score without this attribute may be negative).
+    nonnegative = True
+
     def __call__(self, weights: Tensor) -> Tensor:
         return weights.detach().float().abs()
 
@@ -167,10 +171,13 @@ def _chunks(params: Sequence[Tensor], chunk_numel: int) -> Iterator[Tensor]:
             yield flat[start : start + chunk_numel]
 
 
-def _order_keys(scores: Tensor) -> Tensor:
-    """int32 keys that sort like the float32 scores (sign-magnitude -> two's-complement order)."""
-    # The one copy: -0.0 -> +0.0 so equal floats get equal keys, and a buffer of our own
-    # (a score may return a view of the weights) that the bit twiddling below can overwrite.
+def _order_keys(scores: Tensor, nonnegative: bool) -> Tensor:
+    """int32 keys that sort like the float32 scores."""
+    if nonnegative:  # the bits of non-negative floats already sort like the floats
+        return scores.view(torch.int32)
+    # Sign-magnitude -> two's-complement order. The one copy maps -0.0 to +0.0 (equal floats
+    # get equal keys) and gives a buffer of our own (a score may return a view of the weights)
+    # that the bit twiddling below can overwrite.
     keys = (scores + 0.0).view(torch.int32)
     sign = keys >> 31  # 0 or -1
     sign &= 0x7FFFFFFF
@@ -200,29 +207,37 @@ def kth_smallest(
     Two histogram passes over the scores' int32 order keys: the high 16 bits, then the
     low 16 bits inside the winning high bin. Scores must be finite.
     """
-    score = score or MagnitudeScore()
+    value, below, _ = _select(params, k, score or MagnitudeScore(), chunk_numel)
+    return value, below
+
+
+def _select(params: Sequence[Tensor], k: int, score: Score, chunk_numel: int | None) -> tuple[float, int, int]:
+    """:func:`kth_smallest`, plus how many scores equal the k-th."""
     total = sum(p.numel() for p in params)
     if not 1 <= k <= total:
         raise ValueError(f"k must lie in [1, {total}] (number of target weights), got k={k}")
     device = params[0].device
     chunk_numel = chunk_numel or default_chunk_numel(device)
+    nonneg = getattr(score, "nonnegative", False)
+    offset = 0 if nonneg else 1 << 15  # maps the high 16 bits of the keys onto [0, 65536)
     hist = torch.zeros(1 << 16, dtype=torch.int64, device=device)
     for chunk in _chunks(params, chunk_numel):
-        high = _order_keys(score(chunk))
-        high >>= 16
-        high += 1 << 15
+        high = _order_keys(score(chunk), nonneg) >> 16
+        if offset:
+            high += offset
         hist += torch.bincount(high, minlength=1 << 16)
     high_bin, below_high = _locate(hist, k)
 
     hist.zero_()
-    high_key = high_bin - (1 << 15)
+    high_key = high_bin - offset
     for chunk in _chunks(params, chunk_numel):
-        keys = _order_keys(score(chunk))
+        keys = _order_keys(score(chunk), nonneg)
         low = keys[(keys >> 16) == high_key]
         low &= 0xFFFF
         hist += torch.bincount(low, minlength=1 << 16)
     low_bin, below_low = _locate(hist, k - below_high)
-    return _key_to_float((high_key << 16) | low_bin), below_high + below_low
+    value = _key_to_float((high_key << 16) | low_bin)
+    return value, below_high + below_low, int(hist[low_bin].item())
 
 
 @dataclass
@@ -262,8 +277,12 @@ class GlobalPruner:
         if k == 0:
             return PruneResult(sparsity, 0, numel, None)
         chunk_numel = self.chunk_numel or default_chunk_numel(params[0].device)
-        threshold, below = kth_smallest(params, k, self.score, chunk_numel)
+        threshold, below, equal = _select(params, k, self.score, chunk_numel)
         ties_left = k - below  # >= 1: the k-th element itself sits at the threshold
+        if ties_left == equal:  # every tied weight goes (the usual case): one comparison decides
+            for chunk in _chunks(params, chunk_numel):
+                chunk.masked_fill_(self.score(chunk) <= threshold, 0.0)
+            return PruneResult(sparsity, k, numel, threshold)
         for chunk in _chunks(params, chunk_numel):
             s = self.score(chunk)
             chunk.masked_fill_(s < threshold, 0.0)

@@ -173,3 +173,23 @@ def test_train_size_must_be_positive_int(bad):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown method 'mpgg'"):
         preset("mpgg")
+
+
+def test_resuming_after_pa_prune_rebuilds_the_fixed_mask():
+    method = preset("pa", sparsity=0.5, t_f=10, sigma0_sq=1e-6, sigma1_sq=0.05, lam=1e-4)
+    model = tiny_bert()
+    first = PruningCallback(method, train_size=N)
+    first.setup(model, total_steps=20)
+    for t in range(1, 11):
+        first.prune(t)
+    zeros = [p.detach() == 0 for p in first.targets.params]
+    resumed = PruningCallback(method, train_size=N)
+    resumed.setup(model, total_steps=20, completed_steps=12)  # as on_train_begin after loading step 12
+    with torch.no_grad():
+        for p in resumed.targets.params:
+            p.add_(1.0)  # an optimizer step moves every weight
+    resumed.prune(13)
+    assert all(torch.equal(p.detach() == 0, z) for p, z in zip(resumed.targets.params, zeros))
+    fresh = PruningCallback(method, train_size=N)
+    fresh.setup(tiny_bert(), total_steps=20, completed_steps=5)  # before t_f: no mask yet
+    assert fresh.mask is None
