@@ -1,0 +1,130 @@
+"""GLUE tasks: from a local folder in the original GLUE TSV layout, or from the Hugging Face hub.
+
+Local files are read the way the GLUE/transformers processors read them: tab-separated,
+quoting off (fields hold bare ``"``), CoLA train/dev without a header, MRPC with a BOM.
+Rows come out with the hub's column names and label ids, so everything downstream is
+the same whichever source was used.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GlueLayout", "LAYOUTS", "find_glue_dir", "load_glue"]
+
+#: Environment variable naming a folder that holds ``<TASK>/train.tsv`` etc.
+ENV_DIR = "MGPP_GLUE_DIR"
+
+
+@dataclass(frozen=True)
+class GlueLayout:
+    """Where a task's fields sit in its GLUE TSV files and how labels map to the hub's ids."""
+
+    folder: str
+    #: hub column name -> TSV header name (or column index for header-less files)
+    text: dict[str, str | int]
+    label: str | int
+    header: bool = True
+    #: string label -> hub id; None: labels are numbers already (int, or float for STS-B)
+    label_ids: dict[str, int] | None = None
+    regression: bool = False
+    #: hub split name -> file name
+    files: dict[str, str] = field(default_factory=lambda: {"train": "train.tsv", "validation": "dev.tsv"})
+
+
+NLI3 = {"entailment": 0, "neutral": 1, "contradiction": 2}
+NLI2 = {"entailment": 0, "not_entailment": 1}
+
+LAYOUTS: dict[str, GlueLayout] = {
+    "cola": GlueLayout("CoLA", {"sentence": 3}, label=1, header=False),
+    "sst2": GlueLayout("SST-2", {"sentence": "sentence"}, label="label"),
+    "mrpc": GlueLayout("MRPC", {"sentence1": "#1 String", "sentence2": "#2 String"}, label="Quality"),
+    "qqp": GlueLayout("QQP", {"question1": "question1", "question2": "question2"}, label="is_duplicate"),
+    "stsb": GlueLayout("STS-B", {"sentence1": "sentence1", "sentence2": "sentence2"}, label="score",
+                       regression=True),
+    "mnli": GlueLayout("MNLI", {"premise": "sentence1", "hypothesis": "sentence2"}, label="gold_label",
+                       label_ids=NLI3,
+                       files={"train": "train.tsv", "validation_matched": "dev_matched.tsv",
+                              "validation_mismatched": "dev_mismatched.tsv"}),
+    "qnli": GlueLayout("QNLI", {"question": "question", "sentence": "sentence"}, label="label", label_ids=NLI2),
+    "rte": GlueLayout("RTE", {"sentence1": "sentence1", "sentence2": "sentence2"}, label="label", label_ids=NLI2),
+    "wnli": GlueLayout("WNLI", {"sentence1": "sentence1", "sentence2": "sentence2"}, label="label"),
+}
+
+
+def find_glue_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local GLUE folder to use: ``data_dir``, else ``$MGPP_GLUE_DIR``, else a ``shared/data/glue``
+    beside or above the working directory or this checkout; None means "use the hub"."""
+    if data_dir:
+        path = Path(data_dir).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"data_dir={str(data_dir)!r} is not a folder")
+        return path
+    if os.environ.get(ENV_DIR):
+        return find_glue_dir(os.environ[ENV_DIR])
+    here = Path(__file__).resolve().parents[2]  # the checkout holding mgpp/
+    for base in dict.fromkeys([Path.cwd(), *Path.cwd().parents[:2], here, here.parent]):
+        for candidate in (base / "shared" / "data" / "glue", base / "data" / "glue"):
+            if candidate.is_dir():
+                return candidate
+    return None
+
+
+def _read_tsv(path: Path, layout: GlueLayout) -> Dataset:
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path.name} for GLUE {layout.folder} in {path.parent}")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if layout.header:
+        header, rows = rows[0], rows[1:]
+        index = {name: i for i, name in enumerate(header)}
+        missing = [c for c in [*layout.text.values(), layout.label] if c not in index]
+        if missing:
+            raise ValueError(f"{path}: columns {missing} not in header {header}")
+        column = lambda c: index[c]  # noqa: E731
+    else:
+        column = lambda c: c  # noqa: E731
+    need = max(column(c) for c in [*layout.text.values(), layout.label]) + 1
+    data: dict[str, list] = {name: [] for name in [*layout.text, "label"]}
+    skipped = 0
+    for row in rows:
+        if len(row) < need:
+            skipped += 1
+            continue
+        raw = row[column(layout.label)]
+        if layout.label_ids is not None:
+            label = layout.label_ids[raw]
+        else:
+            label = float(raw) if layout.regression else int(raw)
+        for name, col in layout.text.items():
+            data[name].append(row[column(col)])
+        data["label"].append(label)
+    if skipped:
+        log.warning("%s: skipped %d malformed rows", path, skipped)
+    return Dataset.from_dict(data)
+
+
+def load_glue(task: str, data_dir: str | os.PathLike | None = None) -> DatasetDict:
+    """Train and validation splits of a GLUE task, locally when a GLUE folder is found, else from the hub."""
+    if task not in LAYOUTS:
+        raise ValueError(f"unknown GLUE task {task!r}; choose one of {sorted(LAYOUTS)}")
+    layout = LAYOUTS[task]
+    root = find_glue_dir(data_dir)
+    if root is not None and (root / layout.folder).is_dir():
+        log.info("GLUE %s from %s", task, root / layout.folder)
+        return DatasetDict({split: _read_tsv(root / layout.folder / name, layout)
+                            for split, name in layout.files.items()})
+    if root is not None:
+        log.warning("no %s folder in %s: loading glue/%s from the hub", layout.folder, root, task)
+    from datasets import load_dataset
+
+    hub = load_dataset("nyu-mll/glue", task)
+    return DatasetDict({split: hub[split] for split in layout.files})
