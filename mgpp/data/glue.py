@@ -128,3 +128,30 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None) -> DatasetDi
 
     hub = load_dataset("nyu-mll/glue", task)
     return DatasetDict({split: hub[split] for split in layout.files})
+
+
+def prepare(task_cfg, tokenizer, data_dir=None, max_train_samples=None, max_eval_samples=None, seed=0):
+    """Tokenized ``(train, {eval split: dataset})`` for a GLUE task config; subsets are seeded and fixed."""
+    raw = load_glue(task_cfg.name, data_dir)
+    keys = list(task_cfg.text_keys)
+    missing = [k for k in keys if k not in raw["train"].column_names]
+    if missing:
+        raise ValueError(f"task.text_keys {missing} are not columns of {task_cfg.name}: {raw['train'].column_names}")
+
+    def tokenize(batch):
+        texts = [batch[k] for k in keys]
+        return tokenizer(*texts, truncation=True, max_length=task_cfg.max_length)
+
+    def subset(ds, n):
+        return ds.shuffle(seed=seed).select(range(min(n, len(ds)))) if n else ds
+
+    def encode(ds):
+        drop = [c for c in ds.column_names if c != "label"]
+        return ds.map(tokenize, batched=True, remove_columns=drop, desc="tokenizing")
+
+    train = encode(subset(raw["train"], max_train_samples))
+    unknown = [s for s in task_cfg.eval_splits if s not in raw]
+    if unknown:
+        raise ValueError(f"task.eval_splits {unknown} not in {task_cfg.name}: {list(raw)}")
+    evals = {split: encode(subset(raw[split], max_eval_samples)) for split in task_cfg.eval_splits}
+    return train, evals

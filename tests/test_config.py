@@ -1,0 +1,101 @@
+"""Every option of every config group composes; the engine objects build; bad values are named."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+import mgpp.config  # noqa: F401  registers the schema and the offline_model resolver
+from mgpp.config import validate
+from mgpp.train import build_method
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_train(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=["output_dir=/tmp/unused", *overrides])
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_validates(group, option):
+    value = f"[{option}]" if group == "logger" else option
+    cfg = compose_train(f"{group}={value}")
+    validate(cfg)
+    method = build_method(cfg)
+    assert method.targets.include and method.pruner is not None
+
+
+def test_groups_cover_the_documented_options():
+    assert options("method") == ["dense", "gmp", "l2", "mgpp", "pa"]
+    assert options("task") == sorted("mnli qnli qqp rte sst2 mrpc cola stsb".split())
+    assert options("prior") == ["l2", "mgp", "none"]
+    assert set(options("model")) >= {"minilm", "bert_base", "deberta_v3_base", "bart_large", "tiny_bert"}
+    assert options("logger") == ["jsonl", "tensorboard", "wandb"]
+
+
+@pytest.mark.parametrize("method,prior,schedule", [
+    ("dense", "NoPrior", "NoPruning"), ("gmp", "NoPrior", "CubicSparsity"), ("l2", "L2", "CubicSparsity"),
+    ("mgpp", "MixtureGaussian", "CubicSparsity"), ("pa", "MixtureGaussian", "PriorAnnealing"),
+])
+def test_methods_pick_their_prior_and_schedule(method, prior, schedule):
+    built = build_method(compose_train(f"method={method}", "sparsity=0.8", "prior.sigma1_sq=0.1"))
+    assert type(built.prior).__name__ == prior and type(built.schedule).__name__ == schedule
+    assert built.schedule.final_sparsity == (0.0 if method == "dense" else 0.8)
+    if prior != "NoPrior":
+        assert (built.prior.sigma1_sq if prior == "MixtureGaussian" else built.prior.sigma_sq) == 0.1
+
+
+def test_method_and_prior_mix_from_the_command_line():
+    built = build_method(compose_train("method=gmp", "prior=mgp", "prior.sigma0_sq=1e-9"))
+    assert type(built.prior).__name__ == "MixtureGaussian" and built.prior.sigma0_sq == 1e-9
+
+
+def test_misspelt_key_is_named():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_train("trainer.lerning_rate=1e-4")
+    assert "lerning_rate" in str(err.value) + str(err.value.__cause__)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as err:
+        compose_train("trainer.learning_rate=fast")
+    assert "learning_rate" in str(err.value) + str(err.value.__cause__)
+
+
+def test_unknown_group_option_is_named():
+    with pytest.raises(ConfigCompositionException, match="task/mnlii"):
+        compose_train("task=mnlii")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("sparsity=1.5", "sparsity=1.5"),
+    ("sparsity=-0.1", "sparsity=-0.1"),
+    ("task.main_metric=f1", "task.main_metric='f1'"),
+    ("+trainer.extra.warmup_ratio=0.1", "warmup_ratio"),
+])
+def test_impossible_values_are_named(override, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        validate(compose_train(override))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("prior.lam=1.5", "lam=1.5"),
+    ("prior.sigma0_sq=0.5", "sigma0_sq=0.5 >= sigma1_sq=0.05"),
+    ("schedule.t_i=0.8", "t_i=0.8, t_f=0.7"),
+])
+def test_bad_engine_values_fail_when_built(override, message):
+    with pytest.raises(ValueError, match=message):
+        build_method(compose_train(override))
+
+
+def test_structured_schema_rejects_unknown_top_level_key():
+    with pytest.raises((ConfigCompositionException, ConfigAttributeError, ConfigKeyError)):
+        compose_train("sparsty=0.5")

@@ -1,0 +1,111 @@
+"""``python -m mgpp.train`` end to end on a tiny BERT and the real GLUE files in ../shared/data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mgpp.data.glue import find_glue_dir, load_glue
+from mgpp.pruning import TargetSelector, num_to_prune
+
+ROOT = Path(__file__).resolve().parents[1]
+GLUE = find_glue_dir()
+needs_glue = pytest.mark.skipif(GLUE is None, reason="no local GLUE folder (../shared/data/glue)")
+
+QUICK = ["model=tiny_bert", "max_train_samples=256", "max_eval_samples=64", "trainer.max_steps=24",
+         "trainer.logging_steps=4", "trainer.eval_steps=12", "report.histogram_every=8",
+         "trainer.per_device_train_batch_size=16", "trainer.disable_tqdm=true", "trainer.learning_rate=1e-3"]
+PRUNING_KEYS = ["pruning/target_sparsity", "pruning/sparsity", "pruning/threshold", "pruning/prior_crossover",
+                "pruning/prior_weight", "pruning/prior_penalty"]
+
+
+def run_train(*overrides, check=True):
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mgpp.train", *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@needs_glue
+@pytest.mark.parametrize("method,sparsity", [("dense", 0.0), ("gmp", 0.8), ("l2", 0.8), ("mgpp", 0.9), ("pa", 0.8)])
+def test_each_method_end_to_end(tmp_path, method, sparsity):
+    loggers = "[jsonl,wandb,tensorboard]" if method == "mgpp" else "[jsonl]"
+    run_train(*QUICK, "task=rte", f"method={method}", f"sparsity={sparsity}", f"logger={loggers}",
+              f"hydra.run.dir={tmp_path}")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train_steps"] == 24 and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    assert metrics["target_sparsity"] == sparsity
+
+    # the saved model loads with from_pretrained and carries exactly the target sparsity
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
+    targets = TargetSelector().select(model)
+    assert sum(targets.zeros_per_tensor()) == num_to_prune(sparsity, targets.numel)
+    assert metrics["sparsity"] == pytest.approx(sparsity, abs=1 / targets.numel)
+
+    records = read_jsonl(tmp_path / "log.jsonl")
+    train_logs = [r for r in records if r["kind"] == "scalars" and "loss" in r]
+    assert len(train_logs) == 6  # every 4 of 24 steps
+    for key in ["loss", "learning_rate", *PRUNING_KEYS]:
+        assert key in train_logs[-1], key
+    assert any("eval_accuracy" in r for r in records if r["kind"] == "scalars")
+    histograms = [r for r in records if r["kind"] == "histogram"]
+    assert [h["step"] for h in histograms] == [8, 16, 24, 24]
+    assert sum(histograms[-1]["counts"]) == targets.numel - num_to_prune(sparsity, targets.numel)
+    tables = [r for r in records if r["kind"] == "table"]
+    assert tables and len(tables[-1]["rows"]) == len(targets)
+    assert records[-1]["kind"] == "summary" and records[-1]["sparsity"] == metrics["sparsity"]
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "layer_sparsity.csv").is_file()
+    if method == "mgpp":
+        assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline W&B run"
+        assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@needs_glue
+def test_multirun_gives_one_run_dir_and_log_each(tmp_path):
+    run_train("-m", *QUICK, "task=mrpc", "method=gmp,mgpp", "logger=[jsonl]", "save_model=false",
+              f"hydra.sweep.dir={tmp_path}")
+    logs = sorted(tmp_path.glob("mrpc/*/sparsity0.9_seed42/log.jsonl"))
+    assert [p.parts[-3] for p in logs] == ["gmp", "mgpp"]
+    for log in logs:
+        records = read_jsonl(log)
+        assert records[-1]["kind"] == "summary" and records[-1]["sparsity"] == pytest.approx(0.9, abs=1e-4)
+        assert "eval_f1" in records[-1]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("task=mnlii", "task/mnlii"),
+    ("sparsity=1.5", "sparsity must lie in [0, 1), got sparsity=1.5"),
+    ("trainer.lerning_rate=1e-4", "trainer.lerning_rate"),
+])
+def test_bad_overrides_exit_nonzero_naming_the_problem(tmp_path, override, message):
+    proc = run_train("model=tiny_bert", override, f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+@needs_glue
+def test_local_glue_files_read_as_documented():
+    """Row counts of ../shared/data/README (quoting off, CoLA headerless, MRPC with BOM)."""
+    counts = {"cola": (8551, 1043), "sst2": (67349, 872), "mrpc": (3668, 408), "rte": (2490, 277),
+              "stsb": (5749, 1500), "wnli": (635, 71)}
+    for task, (n_train, n_dev) in counts.items():
+        data = load_glue(task)
+        assert (len(data["train"]), len(data["validation"])) == (n_train, n_dev), task
+    mrpc = load_glue("mrpc")["validation"]
+    assert set(mrpc["label"]) == {0, 1} and mrpc.column_names == ["sentence1", "sentence2", "label"]
+    rte = load_glue("rte")["train"]
+    assert sorted(set(rte["label"])) == [0, 1]  # entailment=0, not_entailment=1 as on the hub
+    stsb = load_glue("stsb")["validation"]
+    assert isinstance(stsb["label"][0], float) and 0.0 <= min(stsb["label"]) and max(stsb["label"]) <= 5.0
