@@ -68,7 +68,10 @@ class ReportingCallback(TrainerCallback):
         if self.histogram_every > 0 and state.global_step % self.histogram_every == 0 and state.is_world_process_zero:
             self.log_weights(state.global_step)
 
-    def log_weights(self, step: int) -> None:
+    def log_weights(self, step: int) -> list[list]:
+        """Log the weight histogram and the per-layer table; returns the table's rows."""
         self.logger.log_histogram("weights/nonzero_targets",
                                   weight_histogram(self.pruning.targets.params, self.bins), step)
-        self.logger.log_table("sparsity/per_layer", LAYER_COLUMNS, layer_table(self.pruning), step)
+        rows = layer_table(self.pruning)
+        self.logger.log_table("sparsity/per_layer", LAYER_COLUMNS, rows, step)
+        return rows

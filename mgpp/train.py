@@ -16,7 +16,6 @@ import csv
 import inspect
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from .methods import PruningMethod
 from .metrics import for_task
 from .models import build_classifier
 from .pruning import TargetSelector
-from .reporting import LAYER_COLUMNS, ReportingCallback, layer_table
+from .reporting import LAYER_COLUMNS, ReportingCallback
 
 log = logging.getLogger("mgpp.train")
 
@@ -145,9 +144,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 "train_steps": final_step, "train_examples": len(train_set),
                 "wall_time_s": round(time.time() - start, 1)}
 
-    rows = layer_table(pruning)
     if trainer.is_world_process_zero():
-        reporting.log_weights(final_step)
+        rows = reporting.log_weights(final_step)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         with open(run_dir / "layer_sparsity.csv", "w", newline="") as f:
             csv.writer(f).writerows([LAYER_COLUMNS, *rows])
@@ -166,6 +164,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("WANDB_MODE", "offline")
-    torch.set_float32_matmul_precision("high")
     main()
