@@ -3,7 +3,7 @@
 Composition against this schema stops a misspelt key or a wrong type before anything
 runs, with a message naming the key; :func:`validate` then checks values (ranges,
 combinations) that types cannot express. The nodes that build engine objects
-(``prior``, ``schedule``, ``pruner``) are ``_target_`` nodes checked when instantiated:
+(``task``, ``prior``, ``schedule``, ``pruner``) are ``_target_`` nodes checked when instantiated:
 their classes reject unknown arguments and bad values by name.
 """
 
@@ -49,20 +49,6 @@ class ModelConfig:
     config: Optional[Dict[str, Any]] = None
     #: tokenizer to load; defaults to ``pretrained``
     tokenizer: Optional[str] = None
-
-
-@dataclass
-class TaskConfig:
-    name: str = MISSING
-    #: columns tokenized together (one or two text fields)
-    text_keys: List[str] = MISSING
-    #: 1 = regression (STS-B)
-    num_labels: int = 2
-    max_length: int = 128
-    metrics: List[str] = MISSING
-    #: the metric a sweep optimises and the report leads with
-    main_metric: str = MISSING
-    eval_splits: List[str] = field(default_factory=lambda: ["validation"])
 
 
 @dataclass
@@ -119,7 +105,7 @@ class TrainConfig:
     sparsity: float = 0.9
     #: training examples n of Eq. 5; None: the size of the training set
     train_size: Optional[int] = None
-    #: local GLUE folder (GLUE TSV layout); None: $MGPP_GLUE_DIR, ../shared/data/glue, else the hub
+    #: local data root (glue/, squad/, summarization/); None: $MGPP_DATA_DIR, ../shared/data, else the hub
     data_dir: Optional[str] = None
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
@@ -128,7 +114,8 @@ class TrainConfig:
     save_model: bool = True
     method: MethodConfig = MISSING
     model: ModelConfig = MISSING
-    task: TaskConfig = MISSING
+    #: a ``_target_`` node naming a :class:`mgpp.tasks.Task` (checked when instantiated)
+    task: Any = MISSING
     prior: Any = MISSING
     schedule: Any = MISSING
     pruning: PruningConfig = MISSING
@@ -156,10 +143,6 @@ def validate(cfg: DictConfig) -> None:
     for key in ("max_train_samples", "max_eval_samples"):
         if cfg[key] is not None and cfg[key] < 1:
             raise ValueError(f"{key} must be positive or null, got {key}={cfg[key]}")
-    if cfg.task.num_labels < 1:
-        raise ValueError(f"task.num_labels must be >= 1, got task.num_labels={cfg.task.num_labels}")
-    if cfg.task.main_metric not in cfg.task.metrics:
-        raise ValueError(f"task.main_metric={cfg.task.main_metric!r} is not one of task.metrics={list(cfg.task.metrics)}")
     if cfg.model.pretrained is None and cfg.model.config is None:
         raise ValueError("model needs model.pretrained (hub id or folder) or model.config (random init)")
     if cfg.trainer.bf16 and cfg.trainer.fp16:

@@ -24,15 +24,12 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
 from . import config as config_schema
 from .callback import PruningCallback
-from .data import glue
 from .loggers import Loggers
 from .methods import PruningMethod
-from .metrics import for_task
-from .models import build_classifier
 from .pruning import TargetSelector
 from .reporting import LAYER_COLUMNS, ReportingCallback
 
@@ -41,26 +38,33 @@ log = logging.getLogger("mgpp.train")
 __all__ = ["train", "build_method", "main"]
 
 
+def build(node: DictConfig, **kwargs):
+    """``instantiate(node)``, with the target's own ValueError/TypeError raised as such, prefixed
+    by the config node (``prior: lam ... got lam=1.5``) instead of wrapped by Hydra."""
+    label = node._get_full_key(None) or node._target_
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, (ValueError, TypeError)):
+            raise type(cause)(f"{label}: {cause}") from None
+        raise
+
+
 def instantiate_accepted(node: DictConfig):
-    """``instantiate(node)`` with only the keys its ``_target_`` accepts.
+    """:func:`build` with only the keys the ``_target_`` accepts.
 
     Every prior (schedule) file carries the same paper knobs, so that ``prior.sigma1_sq=...``
     works in a sweep across methods; a class simply ignores the knobs it does not take.
     Unknown keys on the command line still fail at composition (the files fix the key set).
     """
-    label = node._get_full_key(None) or node._target_  # e.g. "prior", for error messages
-    target = get_object(node._target_)
-    params = inspect.signature(target).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        node = OmegaConf.create({k: v for k, v in node.items() if k == "_target_" or k in params},
-                                parent=node._get_parent())
-    try:
-        return instantiate(node)
-    except InstantiationException as err:  # surface the class's own message, prefixed by the config node
-        cause = err.__cause__
-        if isinstance(cause, (ValueError, TypeError)):
-            raise type(cause)(f"{label}: {cause}") from None
-        raise
+    params = inspect.signature(get_object(node._target_)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return build(node)
+    kept = OmegaConf.create({k: v for k, v in node.items() if k == "_target_" or k in params},
+                            parent=node._get_parent())
+    kept._set_key(node._key())  # keep the node's name for error messages
+    return build(kept)
 
 
 def build_method(cfg: DictConfig) -> PruningMethod:
@@ -112,7 +116,8 @@ def _build_loggers(cfg: DictConfig, run_dir: Path, resolved: dict) -> Loggers:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fine-tune and prune as configured; returns the final metrics (also in ``metrics.json``)."""
     config_schema.validate(cfg)
-    method = build_method(cfg)  # bad prior/schedule values fail here, before any data or model
+    task = build(cfg.task)
+    method = build_method(cfg)  # bad task/prior/schedule values fail here, before any data or model
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -120,14 +125,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     set_seed(cfg.seed)
     start = time.time()
 
-    model, tokenizer = build_classifier(cfg.model, cfg.task.num_labels)
-    train_set, eval_sets = glue.prepare(cfg.task, tokenizer, cfg.data_dir, cfg.max_train_samples,
-                                        cfg.max_eval_samples, cfg.seed)
-    first_eval = next(iter(eval_sets.values()))
-    args = _training_arguments(cfg, run_dir)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=first_eval,
-                      processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-                      compute_metrics=for_task(cfg.task.metrics))
+    model, tokenizer = task.build_model(cfg.model)
+    train_set, eval_sets = task.datasets(tokenizer, cfg.data_dir, cfg.max_train_samples, cfg.max_eval_samples,
+                                         cfg.seed)
+    trainer = task.make_trainer(model, _training_arguments(cfg, run_dir), train_set, eval_sets, tokenizer)
     pruning = PruningCallback(method, train_size=cfg.train_size or len(train_set)).attach(trainer)
     loggers = _build_loggers(cfg, run_dir, resolved) if trainer.is_world_process_zero() else Loggers([])
     reporting = ReportingCallback(loggers, pruning, cfg.report.histogram_every, cfg.report.histogram_bins)
@@ -135,10 +136,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     trainer.train()
 
-    metrics: dict[str, float] = {}
-    for split, dataset in eval_sets.items():
-        prefix = "eval" if len(eval_sets) == 1 else f"eval_{split}"
-        metrics |= trainer.evaluate(dataset, metric_key_prefix=prefix)
+    metrics = task.evaluate(trainer, eval_sets)
     final_step = trainer.state.global_step
     metrics |= {"sparsity": pruning.targets.sparsity(), "target_sparsity": pruning.schedule.final_sparsity,
                 "train_steps": final_step, "train_examples": len(train_set),

@@ -1,5 +1,6 @@
 """Every option of every config group composes; the engine objects build; bad values are named."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 import mgpp.config  # noqa: F401  registers the schema and the offline_model resolver
 from mgpp.config import validate
-from mgpp.train import build_method
+from mgpp.train import build, build_method
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
@@ -31,11 +32,13 @@ def test_every_option_composes_and_validates(group, option):
     validate(cfg)
     method = build_method(cfg)
     assert method.targets.include and method.pruner is not None
+    task = build(cfg.task)
+    assert task.main_metric in task.metrics
 
 
 def test_groups_cover_the_documented_options():
     assert options("method") == ["dense", "gmp", "l2", "mgpp", "pa"]
-    assert options("task") == sorted("mnli qnli qqp rte sst2 mrpc cola stsb".split())
+    assert set(options("task")) >= set("mnli qnli qqp rte sst2 mrpc cola stsb squad squad_dev_split".split())
     assert options("prior") == ["l2", "mgp", "none"]
     assert set(options("model")) >= {"minilm", "bert_base", "deberta_v3_base", "bart_large", "tiny_bert"}
     assert options("logger") == ["jsonl", "tensorboard", "wandb"]
@@ -78,7 +81,6 @@ def test_unknown_group_option_is_named():
 @pytest.mark.parametrize("override,message", [
     ("sparsity=1.5", "sparsity=1.5"),
     ("sparsity=-0.1", "sparsity=-0.1"),
-    ("task.main_metric=f1", "task.main_metric='f1'"),
     ("+trainer.extra.warmup_ratio=0.1", "warmup_ratio"),
 ])
 def test_impossible_values_are_named(override, message):
@@ -94,6 +96,20 @@ def test_impossible_values_are_named(override, message):
 def test_bad_engine_values_fail_when_built(override, message):
     with pytest.raises(ValueError, match=message):
         build_method(compose_train(override))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("task.main_metric=f1", "task: main_metric='f1' is not one of metrics=['accuracy']"),
+    ("task.num_labels=0", "task: num_labels must be >= 1"),
+])
+def test_bad_task_values_fail_when_built(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build(compose_train(override).task)
+
+
+def test_prior_errors_name_the_config_node():
+    with pytest.raises(ValueError, match=r"^prior: lam"):
+        build_method(compose_train("prior.lam=2"))
 
 
 def test_structured_schema_rejects_unknown_top_level_key():

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mgpp.data.glue import find_glue_dir, load_glue
+from mgpp.tasks.glue_data import find_glue_dir, load_glue
 from mgpp.pruning import TargetSelector, num_to_prune
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = find_glue_dir()
 needs_glue = pytest.mark.skipif(GLUE is None, reason="no local GLUE folder (../shared/data/glue)")
 
-QUICK = ["model=tiny_bert", "max_train_samples=256", "max_eval_samples=64", "trainer.max_steps=24",
+QUICK = ["max_train_samples=256", "max_eval_samples=64", "trainer.max_steps=24",
          "trainer.logging_steps=4", "trainer.eval_steps=12", "report.histogram_every=8",
          "trainer.per_device_train_batch_size=16", "trainer.disable_tqdm=true", "trainer.learning_rate=1e-3"]
 PRUNING_KEYS = ["pruning/target_sparsity", "pruning/sparsity", "pruning/threshold", "pruning/prior_crossover",
@@ -40,7 +40,7 @@ def read_jsonl(path):
 @pytest.mark.parametrize("method,sparsity", [("dense", 0.0), ("gmp", 0.8), ("l2", 0.8), ("mgpp", 0.9), ("pa", 0.8)])
 def test_each_method_end_to_end(tmp_path, method, sparsity):
     loggers = "[jsonl,wandb,tensorboard]" if method == "mgpp" else "[jsonl]"
-    run_train(*QUICK, "task=rte", f"method={method}", f"sparsity={sparsity}", f"logger={loggers}",
+    run_train(*QUICK, "model=tiny_bert", "task=rte", f"method={method}", f"sparsity={sparsity}", f"logger={loggers}",
               f"hydra.run.dir={tmp_path}")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["train_steps"] == 24 and 0.0 <= metrics["eval_accuracy"] <= 1.0
@@ -74,7 +74,7 @@ def test_each_method_end_to_end(tmp_path, method, sparsity):
 
 @needs_glue
 def test_multirun_gives_one_run_dir_and_log_each(tmp_path):
-    run_train("-m", *QUICK, "task=mrpc", "method=gmp,mgpp", "logger=[jsonl]", "save_model=false",
+    run_train("-m", *QUICK, "model=tiny_bert", "task=mrpc", "method=gmp,mgpp", "logger=[jsonl]", "save_model=false",
               f"hydra.sweep.dir={tmp_path}")
     logs = sorted(tmp_path.glob("mrpc/*/sparsity0.9_seed42/log.jsonl"))
     assert [p.parts[-3] for p in logs] == ["gmp", "mgpp"]

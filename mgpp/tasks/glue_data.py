@@ -18,10 +18,10 @@ from datasets import Dataset, DatasetDict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GlueLayout", "LAYOUTS", "find_glue_dir", "load_glue"]
+__all__ = ["GlueLayout", "LAYOUTS", "find_data_dir", "find_glue_dir", "load_glue"]
 
-#: Environment variable naming a folder that holds ``<TASK>/train.tsv`` etc.
-ENV_DIR = "MGPP_GLUE_DIR"
+#: Environment variable naming the data root (holding glue/, squad/, summarization/ ...).
+ENV_DIR = "MGPP_DATA_DIR"
 
 
 @dataclass(frozen=True)
@@ -60,22 +60,27 @@ LAYOUTS: dict[str, GlueLayout] = {
 }
 
 
-def find_glue_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The local GLUE folder to use: ``data_dir``, else ``$MGPP_GLUE_DIR``, else a ``shared/data/glue``
-    beside or above the working directory or this checkout; None means "use the hub"."""
-    if data_dir:
-        path = Path(data_dir).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"data_dir={str(data_dir)!r} is not a folder")
-        return path
-    if os.environ.get(ENV_DIR):
-        return find_glue_dir(os.environ[ENV_DIR])
+def find_data_dir(kind: str, data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local folder for ``kind`` (``glue``, ``squad``, ``summarization``), or None for "use the hub".
+
+    Looks in ``data_dir`` (the data root, or that kind's folder itself), else ``$MGPP_DATA_DIR``,
+    else a ``shared/data`` (or ``data``) beside or above the working directory or this checkout.
+    """
+    if data_dir or os.environ.get(ENV_DIR):
+        root = Path(data_dir or os.environ[ENV_DIR]).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"data folder {str(root)!r} (data_dir / ${ENV_DIR}) does not exist")
+        return root / kind if (root / kind).is_dir() else root
     here = Path(__file__).resolve().parents[2]  # the checkout holding mgpp/
     for base in dict.fromkeys([Path.cwd(), *Path.cwd().parents[:2], here, here.parent]):
-        for candidate in (base / "shared" / "data" / "glue", base / "data" / "glue"):
+        for candidate in (base / "shared" / "data" / kind, base / "data" / kind):
             if candidate.is_dir():
                 return candidate
     return None
+
+
+def find_glue_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    return find_data_dir("glue", data_dir)
 
 
 def _read_tsv(path: Path, layout: GlueLayout) -> Dataset:
@@ -129,29 +134,3 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None) -> DatasetDi
     hub = load_dataset("nyu-mll/glue", task)
     return DatasetDict({split: hub[split] for split in layout.files})
 
-
-def prepare(task_cfg, tokenizer, data_dir=None, max_train_samples=None, max_eval_samples=None, seed=0):
-    """Tokenized ``(train, {eval split: dataset})`` for a GLUE task config; subsets are seeded and fixed."""
-    raw = load_glue(task_cfg.name, data_dir)
-    keys = list(task_cfg.text_keys)
-    missing = [k for k in keys if k not in raw["train"].column_names]
-    if missing:
-        raise ValueError(f"task.text_keys {missing} are not columns of {task_cfg.name}: {raw['train'].column_names}")
-
-    def tokenize(batch):
-        texts = [batch[k] for k in keys]
-        return tokenizer(*texts, truncation=True, max_length=task_cfg.max_length)
-
-    def subset(ds, n):
-        return ds.shuffle(seed=seed).select(range(min(n, len(ds)))) if n else ds
-
-    def encode(ds):
-        drop = [c for c in ds.column_names if c != "label"]
-        return ds.map(tokenize, batched=True, remove_columns=drop, desc="tokenizing")
-
-    train = encode(subset(raw["train"], max_train_samples))
-    unknown = [s for s in task_cfg.eval_splits if s not in raw]
-    if unknown:
-        raise ValueError(f"task.eval_splits {unknown} not in {task_cfg.name}: {list(raw)}")
-    evals = {split: encode(subset(raw[split], max_eval_samples)) for split in task_cfg.eval_splits}
-    return train, evals

@@ -1,1 +1,0 @@
-"""Task data: loading (local files or the hub) and tokenization."""

@@ -1,0 +1,7 @@
+"""Task families: each a :class:`~mgpp.tasks.base.Task` that ``conf/task/*.yaml`` names by ``_target_``."""
+
+from .base import Task, load_model
+from .glue import GlueTask
+from .squad import SquadTask
+
+__all__ = ["Task", "load_model", "GlueTask", "SquadTask"]

@@ -1,0 +1,72 @@
+"""What a task family provides to the training entrypoint.
+
+A task config is a ``_target_`` node naming a :class:`Task` subclass (a dataclass), so
+``train()`` never branches on the kind of task: it asks the task for its model, its data,
+its ``Trainer`` and its metrics. Adding a task family is one class and one YAML file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Task", "load_model"]
+
+
+def load_model(model_cfg: DictConfig, auto_class, **kwargs) -> tuple[PreTrainedModel, Any]:
+    """``auto_class`` model (pretrained, or random init from ``model.config``) and its tokenizer."""
+    tokenizer_source = model_cfg.tokenizer or model_cfg.pretrained
+    if tokenizer_source is None:
+        raise ValueError(f"model {model_cfg.name!r} needs model.tokenizer when it has no model.pretrained")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    if model_cfg.pretrained is not None:
+        model = auto_class.from_pretrained(model_cfg.pretrained, **kwargs)
+    else:
+        fields = OmegaConf.to_container(model_cfg.config, resolve=True)
+        config = AutoConfig.for_model(**fields, **kwargs)
+        if config.vocab_size < len(tokenizer):
+            raise ValueError(f"model.config.vocab_size={config.vocab_size} is smaller than the tokenizer's "
+                             f"{len(tokenizer)} tokens")
+        model = auto_class.from_config(config)
+    log.info("model %s: %s, %.1fM parameters", model_cfg.name, type(model).__name__, model.num_parameters() / 1e6)
+    return model, tokenizer
+
+
+@dataclass
+class Task:
+    """Interface of a task family; subclasses add their own settings as fields."""
+
+    name: str
+    #: names of the metrics :meth:`evaluate` returns (without split prefixes)
+    metrics: list[str] = field(default_factory=list)
+    #: the metric a sweep optimises and the report leads with
+    main_metric: str = ""
+
+    def __post_init__(self) -> None:
+        if self.main_metric not in self.metrics:
+            raise ValueError(f"main_metric={self.main_metric!r} is not one of metrics={list(self.metrics)}")
+
+    def build_model(self, model_cfg: DictConfig) -> tuple[PreTrainedModel, Any]:
+        raise NotImplementedError
+
+    def datasets(self, tokenizer, data_dir: str | None, max_train_samples: int | None,
+                 max_eval_samples: int | None, seed: int) -> tuple[Any, dict[str, Any]]:
+        """Tokenized training set and ``{split name: eval set}``."""
+        raise NotImplementedError
+
+    def make_trainer(self, model, args, train_set, eval_sets: dict, tokenizer) -> Trainer:
+        raise NotImplementedError
+
+    def evaluate(self, trainer: Trainer, eval_sets: dict) -> dict[str, float]:
+        """Final metrics over every eval split, prefixed ``eval_`` (``eval_<split>_`` for several)."""
+        metrics: dict[str, float] = {}
+        for split, dataset in eval_sets.items():
+            prefix = "eval" if len(eval_sets) == 1 else f"eval_{split}"
+            metrics |= trainer.evaluate(dataset, metric_key_prefix=prefix)
+        return metrics
