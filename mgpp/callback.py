@@ -66,9 +66,11 @@ class PruningCallback(TrainerCallback):
             total_steps, self.method.prior, self.targets.params, self.method.pruner
         )
         self.step = completed_steps
-        # Resuming past a mask freeze: the pruned weights are the zeros of the checkpoint.
-        if any(self.schedule.fixes_mask_at(t) for t in range(1, completed_steps + 1)):
+        # A mask fixed before training (sparse transfer), or resuming past a mask freeze: the
+        # pruned weights are the zeros of the weights at hand.
+        if any(self.schedule.fixes_mask_at(t) for t in range(0, completed_steps + 1)):
             self.mask = FixedMask(self.targets.params)
+            log.info("fixed mask: %.4f of the target weights stay zero", self.targets.sparsity())
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.setup(model, state.max_steps, state.global_step)

@@ -6,7 +6,7 @@ A schedule answers, for the 1-based index ``t`` of the optimizer step being take
 * ``prunes_at(t)``: whether the pruner runs after step ``t``;
 * ``prior_weight(t)``: eta(t), the factor of the prior gradient (Eq. 5);
 * ``prior_at(t, prior)``: the prior in force at step ``t`` (annealing changes it);
-* ``fixes_mask_at(t)``: whether the pruned set is frozen after step ``t``.
+* ``fixes_mask_at(t)``: whether the pruned set is frozen after step ``t`` (``t = 0``: before training).
 
 Step arguments (``t_i``, ``t_f``) accept a step count (int) or a fraction of the
 total number of steps (float in [0, 1]); :meth:`bind` turns fractions into steps
@@ -28,7 +28,7 @@ from .pruning import GlobalPruner, kth_smallest, num_to_prune
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Schedule", "NoPruning", "CubicSparsity", "PriorAnnealing"]
+__all__ = ["Schedule", "NoPruning", "FixedSparsity", "CubicSparsity", "PriorAnnealing"]
 
 Step = Union[int, float]
 
@@ -79,6 +79,20 @@ class Schedule:
 @dataclass(frozen=True)
 class NoPruning(Schedule):
     """Dense fine-tuning: nothing is ever pruned."""
+
+
+@dataclass(frozen=True)
+class FixedSparsity(Schedule):
+    """Sparse transfer: the model arrives pruned; its zeros are frozen before the first step.
+
+    ``final_sparsity`` is what the loaded model is expected to have (reported, not enforced);
+    ``fixes_mask_at(0)`` tells the callback to take the mask from the loaded weights.
+    """
+
+    final_sparsity: float = 0.0
+
+    def fixes_mask_at(self, t: int) -> bool:
+        return t == 0
 
 
 @dataclass(frozen=True)

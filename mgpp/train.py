@@ -32,6 +32,7 @@ from .loggers import Loggers
 from .methods import PruningMethod
 from .pruning import TargetSelector
 from .reporting import LAYER_COLUMNS, ReportingCallback
+from .tasks.mlm import save_mask
 
 log = logging.getLogger("mgpp.train")
 
@@ -149,6 +150,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             csv.writer(f).writerows([LAYER_COLUMNS, *rows])
         if cfg.save_model:
             trainer.save_model(str(run_dir / "model"))
+            if getattr(task, "save_mask", False):  # upstream pruning: keep the mask for sparse transfer
+                save_mask(pruning.targets.names, pruning.targets.params, run_dir / "model" / "mask.safetensors")
         loggers.finish(metrics)
     log.info("final: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
     return metrics

@@ -28,7 +28,8 @@ def compose_train(*overrides):
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(group, option):
     value = f"[{option}]" if group == "logger" else option
-    cfg = compose_train(f"{group}={value}")
+    extra = ["model.pretrained=/some/folder"] if (group, option) == ("model", "local") else []
+    cfg = compose_train(f"{group}={value}", *extra)
     validate(cfg)
     method = build_method(cfg)
     assert method.targets.include and method.pruner is not None
@@ -37,7 +38,7 @@ def test_every_option_composes_and_validates(group, option):
 
 
 def test_groups_cover_the_documented_options():
-    assert options("method") == ["dense", "gmp", "l2", "mgpp", "pa"]
+    assert options("method") == ["dense", "gmp", "l2", "mgpp", "pa", "sparse_transfer"]
     assert set(options("task")) >= set("mnli qnli qqp rte sst2 mrpc cola stsb squad squad_dev_split".split())
     assert options("prior") == ["l2", "mgp", "none"]
     assert set(options("model")) >= {"minilm", "bert_base", "deberta_v3_base", "bart_large", "tiny_bert"}

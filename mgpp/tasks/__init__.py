@@ -2,6 +2,7 @@
 
 from .base import Task, load_model
 from .glue import GlueTask
+from .mlm import MaskedLMTask
 from .squad import SquadTask
 
-__all__ = ["Task", "load_model", "GlueTask", "SquadTask"]
+__all__ = ["Task", "load_model", "GlueTask", "SquadTask", "MaskedLMTask"]

@@ -1,0 +1,152 @@
+"""Upstream pruning (paper Sec. 4.5): prune a masked language model on a text corpus.
+
+The corpus is tokenized, concatenated and cut into blocks of ``max_length`` tokens; 15% of
+the tokens are masked (BERT's 80/10/10 rule). The pruned model is saved with its mask
+(``mask.safetensors``: one bit per target weight, packed), ready for sparse transfer:
+``python -m mgpp.train task=<glue task> method=sparse_transfer model.pretrained=<run>/model``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer
+
+from .base import Task, load_model
+from .glue import subset
+from .glue_data import find_data_dir
+
+__all__ = ["MaskedLMTask", "save_mask", "load_mask"]
+
+
+def _resolve(path: str, data_dir: str | None) -> str:
+    """A path as given if it exists, else relative to the data root (``data_dir``, ``$MGPP_DATA_DIR``, shared/data)."""
+    if Path(path).expanduser().exists():
+        return str(Path(path).expanduser())
+    root = find_data_dir("", data_dir)
+    if root is not None and (root / path).exists():
+        return str(root / path)
+    raise FileNotFoundError(f"corpus file {path!r} not found (as given, or under the data root {root})")
+
+
+def _load_files(files: list[str], text_key: str, data_dir: str | None):
+    from datasets import load_dataset
+
+    paths = [_resolve(f, data_dir) for f in files]
+    kinds = {Path(p).suffix for p in paths}
+    if len(kinds) != 1 or not kinds <= {".txt", ".jsonl", ".json"}:
+        raise ValueError(f"corpus files must be all .txt or all .jsonl/.json, got {files}")
+    builder = "text" if kinds == {".txt"} else "json"
+    dataset = load_dataset(builder, data_files=paths, split="train")
+    if builder == "text":
+        dataset = dataset.rename_column("text", text_key) if text_key != "text" else dataset
+    if text_key not in dataset.column_names:
+        raise ValueError(f"text_key={text_key!r} is not a field of {files}: {dataset.column_names}")
+    return dataset
+
+
+def save_mask(names: list[str], params: list[torch.Tensor], path: str | Path) -> None:
+    """Which target weights are zero, one bit each (``numpy.packbits``), with each tensor's shape."""
+    from safetensors.torch import save_file
+
+    tensors, shapes = {}, {}
+    for name, p in zip(names, params):
+        zero = (p.detach() == 0).cpu().numpy().reshape(-1)
+        tensors[name] = torch.from_numpy(np.packbits(zero))
+        shapes[name] = ",".join(str(d) for d in p.shape)
+    save_file(tensors, str(path), metadata=shapes)
+
+
+def load_mask(path: str | Path) -> dict[str, torch.Tensor]:
+    """``{parameter name: bool tensor, True where the weight was pruned}``."""
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="pt") as f:
+        shapes = f.metadata()
+        for name in f.keys():
+            shape = [int(d) for d in shapes[name].split(",")]
+            bits = np.unpackbits(f.get_tensor(name).numpy())[: int(np.prod(shape))]
+            out[name] = torch.from_numpy(bits.astype(bool)).view(shape)
+    return out
+
+
+@dataclass
+class MaskedLMTask(Task):
+    """Masked language modelling on a hub corpus or local ``.txt`` / ``.jsonl`` files."""
+
+    name: str = "mlm"
+    metrics: list[str] = field(default_factory=lambda: ["loss", "perplexity"])
+    main_metric: str = "perplexity"
+    #: hub corpus (``load_dataset(hub_dataset, hub_config)``) when no ``train_files`` are given
+    hub_dataset: Optional[str] = "Salesforce/wikitext"
+    hub_config: Optional[str] = "wikitext-103-raw-v1"
+    #: local corpus files, as given or relative to the data root
+    train_files: Optional[list[str]] = None
+    eval_files: Optional[list[str]] = None
+    #: without eval files: this fraction of the training documents is held out for evaluation
+    eval_fraction: float = 0.05
+    text_key: str = "text"
+    max_length: int = 128
+    mlm_probability: float = 0.15
+    #: save mask.safetensors beside the model (for sparse transfer)
+    save_mask: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.mlm_probability < 1:
+            raise ValueError(f"mlm_probability must lie in (0, 1), got {self.mlm_probability}")
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must lie in (0, 1), got {self.eval_fraction}")
+
+    def build_model(self, model_cfg):
+        return load_model(model_cfg, AutoModelForMaskedLM)
+
+    def _raw(self, data_dir, seed):
+        if self.train_files:
+            train = _load_files(list(self.train_files), self.text_key, data_dir)
+            evaluation = _load_files(list(self.eval_files), self.text_key, data_dir) if self.eval_files else None
+        else:
+            from datasets import load_dataset
+
+            hub = load_dataset(self.hub_dataset, self.hub_config)
+            train, evaluation = hub["train"], hub.get("validation")
+        if evaluation is None:
+            parts = train.train_test_split(test_size=self.eval_fraction, seed=seed)
+            train, evaluation = parts["train"], parts["test"]
+        return train, evaluation
+
+    def datasets(self, tokenizer, data_dir, max_train_samples, max_eval_samples, seed):
+        train_raw, eval_raw = self._raw(data_dir, seed)
+        block = self.max_length
+
+        def tokenize(batch):
+            texts = [t for t in batch[self.text_key] if t and not t.isspace()]
+            return tokenizer(texts, return_special_tokens_mask=True)
+
+        def group(batch):  # concatenate and cut into blocks of max_length tokens (the tail is dropped)
+            joined = {k: sum(batch[k], []) for k in batch}
+            total = (len(joined["input_ids"]) // block) * block
+            return {k: [v[i: i + block] for i in range(0, total, block)] for k, v in joined.items()}
+
+        def encode(ds, n):
+            ds = ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc="tokenizing")
+            return subset(ds.map(group, batched=True, desc=f"blocks of {block}"), n, seed)
+
+        return encode(train_raw, max_train_samples), {"validation": encode(eval_raw, max_eval_samples)}
+
+    def make_trainer(self, model, args, train_set, eval_sets, tokenizer):
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=self.mlm_probability)
+        return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_sets["validation"],
+                       processing_class=tokenizer, data_collator=collator)
+
+    def evaluate(self, trainer, eval_sets):
+        metrics = super().evaluate(trainer, eval_sets)
+        for key in [k for k in metrics if k.endswith("_loss")]:
+            metrics[key[: -len("loss")] + "perplexity"] = math.exp(min(metrics[key], 50.0))
+        return metrics
