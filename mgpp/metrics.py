@@ -12,7 +12,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-__all__ = ["METRICS", "compute", "for_task"]
+__all__ = ["METRICS", "compute", "for_task", "rouge"]
 
 
 def _labels(predictions: np.ndarray) -> np.ndarray:
@@ -54,3 +54,24 @@ def for_task(names: Sequence[str]) -> Callable:
         return compute(names, predictions, labels)
 
     return compute_metrics
+
+
+def _sentences_per_line(text: str) -> str:
+    """Sentences on separate lines, as ROUGE-Lsum expects (a regex split: no tokenizer data needed)."""
+    import re
+
+    return "\n".join(s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s)
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """ROUGE-1, ROUGE-2 and ROUGE-Lsum F-measures in percent (``rouge-score``, Porter stemming), averaged."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeLsum"], use_stemmer=True)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeLsum": 0.0}
+    for prediction, reference in zip(predictions, references):
+        scores = scorer.score(_sentences_per_line(reference), _sentences_per_line(prediction))
+        for key in totals:
+            totals[key] += scores[key].fmeasure
+    n = max(len(predictions), 1)
+    return {key: 100.0 * value / n for key, value in totals.items()}

@@ -79,13 +79,13 @@ def build_method(cfg: DictConfig) -> PruningMethod:
     )
 
 
-def _training_arguments(cfg: DictConfig, run_dir: Path) -> TrainingArguments:
+def _training_arguments(cfg: DictConfig, run_dir: Path, task) -> TrainingArguments:
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     extra = trainer.pop("extra") or {}
     if not torch.cuda.is_available():
         extra.setdefault("dataloader_pin_memory", False)  # nothing to pin to; avoids a warning per loader
-    return TrainingArguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, report_to=[],
-                             **trainer, **extra)
+    return task.training_arguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, report_to=[],
+                                   **trainer, **extra)
 
 
 def _group_name(cfg: DictConfig) -> str:
@@ -129,7 +129,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model, tokenizer = task.build_model(cfg.model)
     train_set, eval_sets = task.datasets(tokenizer, cfg.data_dir, cfg.max_train_samples, cfg.max_eval_samples,
                                          cfg.seed)
-    trainer = task.make_trainer(model, _training_arguments(cfg, run_dir), train_set, eval_sets, tokenizer)
+    trainer = task.make_trainer(model, _training_arguments(cfg, run_dir, task), train_set, eval_sets, tokenizer)
     pruning = PruningCallback(method, train_size=cfg.train_size or len(train_set)).attach(trainer)
     loggers = _build_loggers(cfg, run_dir, resolved) if trainer.is_world_process_zero() else Loggers([])
     reporting = ReportingCallback(loggers, pruning, cfg.report.histogram_every, cfg.report.histogram_bins)

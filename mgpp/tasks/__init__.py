@@ -4,5 +4,6 @@ from .base import Task, load_model
 from .glue import GlueTask
 from .mlm import MaskedLMTask
 from .squad import SquadTask
+from .summarization import SummarizationTask
 
-__all__ = ["Task", "load_model", "GlueTask", "SquadTask", "MaskedLMTask"]
+__all__ = ["Task", "load_model", "GlueTask", "SquadTask", "MaskedLMTask", "SummarizationTask"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +25,22 @@ def load_model(model_cfg: DictConfig, auto_class, **kwargs) -> tuple[PreTrainedM
     if tokenizer_source is None:
         raise ValueError(f"model {model_cfg.name!r} needs model.tokenizer when it has no model.pretrained")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    if model_cfg.pretrained is not None:
-        model = auto_class.from_pretrained(model_cfg.pretrained, **kwargs)
-    else:
-        fields = OmegaConf.to_container(model_cfg.config, resolve=True)
-        config = AutoConfig.for_model(**fields, **kwargs)
-        if config.vocab_size < len(tokenizer):
-            raise ValueError(f"model.config.vocab_size={config.vocab_size} is smaller than the tokenizer's "
-                             f"{len(tokenizer)} tokens")
-        model = auto_class.from_config(config)
+    try:
+        if model_cfg.pretrained is not None:
+            model = auto_class.from_pretrained(model_cfg.pretrained, **kwargs)
+        else:
+            fields = OmegaConf.to_container(model_cfg.config, resolve=True)
+            config = AutoConfig.for_model(**fields, **kwargs)
+            if config.vocab_size < len(tokenizer):
+                raise ValueError(f"model.config.vocab_size={config.vocab_size} is smaller than the tokenizer's "
+                                 f"{len(tokenizer)} tokens")
+            model = auto_class.from_config(config)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        raise ValueError(f"model={model_cfg.name} has no {auto_class.__name__} head: this task needs another "
+                         "architecture (summarization: model=bart_large or tiny_bart; QA and GLUE: BERT or "
+                         "DeBERTa models)") from None
     log.info("model %s: %s, %.1fM parameters", model_cfg.name, type(model).__name__, model.num_parameters() / 1e6)
     return model, tokenizer
 
@@ -51,6 +58,10 @@ class Task:
     def __post_init__(self) -> None:
         if self.main_metric not in self.metrics:
             raise ValueError(f"main_metric={self.main_metric!r} is not one of metrics={list(self.metrics)}")
+
+    def training_arguments(self, **kwargs) -> TrainingArguments:
+        """The ``TrainingArguments`` of a run (a task may need a subclass or add settings)."""
+        return TrainingArguments(**kwargs)
 
     def build_model(self, model_cfg: DictConfig) -> tuple[PreTrainedModel, Any]:
         raise NotImplementedError
