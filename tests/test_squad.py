@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mgpp.tasks.glue_data import find_data_dir
+from mgpp.tasks.data import find_data_dir
 from mgpp.tasks.squad import exact_match, f1, normalize_answer, read_squad_json, split_by_article, squad_metrics
 
 from test_train import QUICK, run_train

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mgpp.metrics import rouge
-from mgpp.tasks.glue_data import find_data_dir
+from mgpp.tasks.data import find_data_dir
 
 from test_train import QUICK, run_train
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from mgpp.tasks.glue_data import find_glue_dir, load_glue
 from mgpp.pruning import TargetSelector, num_to_prune

@@ -8,14 +8,10 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 from ..metrics import for_task
 from .base import Task, load_model
+from .data import subset
 from .glue_data import load_glue
 
-__all__ = ["GlueTask", "subset"]
-
-
-def subset(dataset, n: int | None, seed: int):
-    """A fixed, seeded subset of ``n`` examples (all of them when ``n`` is None)."""
-    return dataset.shuffle(seed=seed).select(range(min(n, len(dataset)))) if n else dataset
+__all__ = ["GlueTask"]
 
 
 @dataclass

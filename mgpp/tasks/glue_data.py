@@ -16,13 +16,11 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
+from .data import find_data_dir
+
 log = logging.getLogger(__name__)
 
-__all__ = ["GlueLayout", "LAYOUTS", "find_data_dir", "find_glue_dir", "load_glue"]
-
-#: Environment variable naming the data root (holding glue/, squad/, summarization/ ...).
-ENV_DIR = "MGPP_DATA_DIR"
-
+__all__ = ["GlueLayout", "LAYOUTS", "find_glue_dir", "load_glue"]
 
 @dataclass(frozen=True)
 class GlueLayout:
@@ -58,25 +56,6 @@ LAYOUTS: dict[str, GlueLayout] = {
     "rte": GlueLayout("RTE", {"sentence1": "sentence1", "sentence2": "sentence2"}, label="label", label_ids=NLI2),
     "wnli": GlueLayout("WNLI", {"sentence1": "sentence1", "sentence2": "sentence2"}, label="label"),
 }
-
-
-def find_data_dir(kind: str, data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The local folder for ``kind`` (``glue``, ``squad``, ``summarization``), or None for "use the hub".
-
-    Looks in ``data_dir`` (the data root, or that kind's folder itself), else ``$MGPP_DATA_DIR``,
-    else a ``shared/data`` (or ``data``) beside or above the working directory or this checkout.
-    """
-    if data_dir or os.environ.get(ENV_DIR):
-        root = Path(data_dir or os.environ[ENV_DIR]).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"data folder {str(root)!r} (data_dir / ${ENV_DIR}) does not exist")
-        return root / kind if (root / kind).is_dir() else root
-    here = Path(__file__).resolve().parents[2]  # the checkout holding mgpp/
-    for base in dict.fromkeys([Path.cwd(), *Path.cwd().parents[:2], here, here.parent]):
-        for candidate in (base / "shared" / "data" / kind, base / "data" / kind):
-            if candidate.is_dir():
-                return candidate
-    return None
 
 
 def find_glue_dir(data_dir: str | os.PathLike | None = None) -> Path | None:

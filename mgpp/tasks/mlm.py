@@ -18,26 +18,15 @@ import torch
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer
 
 from .base import Task, load_model
-from .glue import subset
-from .glue_data import find_data_dir
+from .data import resolve_data_file, subset
 
 __all__ = ["MaskedLMTask", "save_mask", "load_mask"]
-
-
-def _resolve(path: str, data_dir: str | None) -> str:
-    """A path as given if it exists, else relative to the data root (``data_dir``, ``$MGPP_DATA_DIR``, shared/data)."""
-    if Path(path).expanduser().exists():
-        return str(Path(path).expanduser())
-    root = find_data_dir("", data_dir)
-    if root is not None and (root / path).exists():
-        return str(root / path)
-    raise FileNotFoundError(f"corpus file {path!r} not found (as given, or under the data root {root})")
 
 
 def _load_files(files: list[str], text_key: str, data_dir: str | None):
     from datasets import load_dataset
 
-    paths = [_resolve(f, data_dir) for f in files]
+    paths = [resolve_data_file(f, data_dir) for f in files]
     kinds = {Path(p).suffix for p in paths}
     if len(kinds) != 1 or not kinds <= {".txt", ".jsonl", ".json"}:
         raise ValueError(f"corpus files must be all .txt or all .jsonl/.json, got {files}")

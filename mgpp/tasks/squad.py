@@ -22,7 +22,7 @@ from datasets import Dataset
 from transformers import AutoModelForQuestionAnswering, Trainer, default_data_collator
 
 from .base import Task, load_model
-from .glue_data import find_data_dir
+from .data import find_data_dir, subset
 
 __all__ = ["SquadTask", "normalize_answer", "exact_match", "f1", "squad_metrics", "read_squad_json"]
 
@@ -154,8 +154,6 @@ class SquadTask(Task):
         return hub["train"], hub["validation"]
 
     def datasets(self, tokenizer, data_dir, max_train_samples, max_eval_samples, seed):
-        from .glue import subset
-
         train_raw, eval_raw = self._raw(data_dir, seed)
         train_raw, eval_raw = subset(train_raw, max_train_samples, seed), subset(eval_raw, max_eval_samples, seed)
         self._tokenizer = tokenizer

@@ -16,8 +16,7 @@ from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqT
 
 from ..metrics import rouge
 from .base import Task, load_model
-from .glue import subset
-from .mlm import _resolve
+from .data import resolve_data_file, subset
 
 __all__ = ["SummarizationTask"]
 
@@ -62,7 +61,7 @@ class SummarizationTask(Task):
         from datasets import load_dataset
 
         if self.train_file or self.eval_file:
-            files = {split: _resolve(f, data_dir) for split, f in
+            files = {split: resolve_data_file(f, data_dir) for split, f in
                      (("train", self.train_file), ("validation", self.eval_file)) if f}
             data = load_dataset("json", data_files=files)
         else:
