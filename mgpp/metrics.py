@@ -33,19 +33,21 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
-def compute(names: Sequence[str], predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """``{name: value}`` for each metric; logits (n, classes) or regression scores (n,) or (n, 1)."""
+def _check_known(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; available: {sorted(METRICS)}")
+
+
+def compute(names: Sequence[str], predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """``{name: value}`` for each metric; logits (n, classes) or regression scores (n,) or (n, 1)."""
+    _check_known(names)
     return {name: METRICS[name](predictions, labels) for name in names}
 
 
 def for_task(names: Sequence[str]) -> Callable:
     """A ``compute_metrics`` function for the Hugging Face ``Trainer``."""
-    unknown = [n for n in names if n not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; available: {sorted(METRICS)}")
+    _check_known(names)  # at construction, before any training
 
     def compute_metrics(eval_prediction) -> dict[str, float]:
         predictions, labels = eval_prediction.predictions, eval_prediction.label_ids

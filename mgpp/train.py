@@ -73,7 +73,7 @@ def build_method(cfg: DictConfig) -> PruningMethod:
     return PruningMethod(
         prior=instantiate_accepted(cfg.prior),
         schedule=instantiate_accepted(cfg.schedule),
-        pruner=instantiate(cfg.pruning.pruner),
+        pruner=build(cfg.pruning.pruner),
         targets=TargetSelector(include=list(cfg.pruning.include), exclude=list(cfg.pruning.exclude),
                                min_ndim=cfg.pruning.min_ndim),
     )
