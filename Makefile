@@ -21,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,offline,tensorboard]"
+	$(PY) -m pip install -q -e ".[dev,offline,tensorboard,sweeps]"
 	touch $(STAMP)
 
 train: install

@@ -10,14 +10,15 @@ The engine is a handful of small, composable pieces:
 """
 
 from .methods import PRESETS, PruningMethod, preset
-from .priors import L2, MixtureGaussian, NoPrior, Prior
+from .priors import L2, Laplace, MixtureGaussian, NoPrior, Prior
 from .pruning import GlobalPruner, MagnitudeScore, TargetSelector, kth_smallest
 from .schedules import CubicSparsity, FixedSparsity, NoPruning, PriorAnnealing
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Prior", "MixtureGaussian", "L2", "NoPrior",
+    "Prior", "MixtureGaussian", "L2",
+    "Laplace", "NoPrior",
     "CubicSparsity", "PriorAnnealing", "NoPruning", "FixedSparsity",
     "TargetSelector", "MagnitudeScore", "GlobalPruner", "kth_smallest",
     "PruningMethod", "PRESETS", "preset",

@@ -49,6 +49,8 @@ class PruningCallback(TrainerCallback):
         self.mask: FixedMask | None = None
         self.step = 0  # index of the last optimizer step the callback acted on
         self.threshold: float | None = None
+        self.last_prune_step = 0
+        self.kept_min: float | None = None  # smallest surviving |theta| right after the last prune
         self.prior = method.prior
         self.prior_weight = 0.0
 
@@ -94,6 +96,7 @@ class PruningCallback(TrainerCallback):
         params = self.targets.params
         if self.schedule.prunes_at(t):
             self.threshold = self.method.pruner.prune_(params, self.schedule.sparsity(t)).threshold
+            self.last_prune_step = t
         if self.schedule.fixes_mask_at(t):
             self.mask = FixedMask(params)
         if self.mask is not None:
@@ -107,19 +110,25 @@ class PruningCallback(TrainerCallback):
 
     # -- what it exposes -----------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
-        """Scalars for the logs: target/achieved sparsity, threshold, prior crossover, eta, penalty.
+        """Scalars for the logs: target/achieved sparsity, thresholds, prior crossover, eta, penalty.
 
         The achieved sparsity and the penalty take a pass over the target weights; call on
         logging steps, not every step.
         """
         t = self.step
         params = self.targets.params
+        # right after a prune, or under a fixed mask, the smallest nonzero weight is the boundary
+        if t > 0 and (self.last_prune_step == t or (self.mask is not None and self.last_prune_step > 0)):
+            self.kept_min = self.targets.min_nonzero_magnitude()
         crossover = self.prior.crossover()
         scale = self.prior_weight / self.train_size
         return {
             PREFIX + "target_sparsity": self.schedule.sparsity(t) if t > 0 else 0.0,
             PREFIX + "sparsity": self.targets.sparsity(),
             PREFIX + "threshold": self.threshold if self.threshold is not None else 0.0,
+            # The magnitude a weight needed to survive the last prune (Fig. 2b). ``threshold``, the
+            # largest pruned score, reads lower once momentum regrows pruned weights between steps.
+            PREFIX + "kept_min_magnitude": self.kept_min if self.kept_min is not None else 0.0,
             PREFIX + "prior_crossover": crossover if crossover is not None else math.nan,
             PREFIX + "prior_weight": self.prior_weight,
             # The prior's term of the per-example loss, eta/n * sum(-log pi(theta)), measured

@@ -112,6 +112,13 @@ class TrainConfig:
     experiment_name: str = "default"
     output_dir: str = MISSING
     save_model: bool = True
+    #: rerunning into the same output_dir skips a finished run (its metrics.json) and resumes an
+    #: interrupted one from its last checkpoint (trainer.save_strategy); false: always start afresh
+    resume: bool = True
+    #: per-task training recipes of an experiment file (``recipe.<task>.<knob>``, read by interpolation)
+    recipe: Dict[str, Any] = field(default_factory=dict)
+    #: the paper's reported numbers for an experiment file (table, metric names, values), for the report
+    paper: Optional[Dict[str, Any]] = None
     method: MethodConfig = MISSING
     model: ModelConfig = MISSING
     #: a ``_target_`` node naming a :class:`mgpp.tasks.Task` (checked when instantiated)

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,10 +57,11 @@ def _jsonable(value):
 class JSONLLogger(MetricLogger):
     """One JSON object a line in ``<run dir>/<filename>``: ``{"kind", "step", "time", ...}``."""
 
-    def __init__(self, run_dir: str | os.PathLike, filename: str = "log.jsonl", **_: Any):
+    def __init__(self, run_dir: str | os.PathLike, filename: str = "log.jsonl", resuming: bool = False, **_: Any):
         self.path = Path(run_dir) / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        # a run resumed from a checkpoint continues its log; a fresh start replaces a stale one
+        self._file = open(self.path, "a" if resuming else "w", encoding="utf-8")
 
     def _write(self, record: dict[str, Any]) -> None:
         record = {"time": round(time.time(), 3), **record}
@@ -86,16 +88,20 @@ class WandbLogger(MetricLogger):
 
     def __init__(self, run_dir, run_config: dict | None = None, project: str = "mgpp", entity: str | None = None,
                  group: str | None = None, job_type: str | None = None, name: str | None = None,
-                 tags: Sequence[str] = (), mode: str | None = None, **_: Any):
+                 tags: Sequence[str] = (), mode: str | None = None, resuming: bool = False, **_: Any):
         import wandb
 
         self._wandb = wandb
         mode = mode or os.environ.get("WANDB_MODE") or "offline"
+        # the run id lives in the run dir, so that a resumed training continues the same W&B run
+        id_file = Path(run_dir) / "wandb_run_id"
+        run_id = id_file.read_text().strip() if resuming and id_file.exists() else secrets.token_hex(4)
         self.run = wandb.init(
             project=project, entity=entity, group=group, job_type=job_type, name=name, tags=list(tags),
-            config=run_config, dir=str(run_dir), mode=mode, reinit="finish_previous",
-            settings=wandb.Settings(console="off", silent=True),
+            config=run_config, dir=str(run_dir), mode=mode, reinit="finish_previous", id=run_id,
+            resume="allow" if resuming else None, settings=wandb.Settings(console="off", silent=True),
         )
+        id_file.write_text(run_id + "\n")
 
     def log(self, metrics, step):
         self.run.log(metrics, step=step)

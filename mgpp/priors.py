@@ -22,7 +22,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Prior", "MixtureGaussian", "L2", "NoPrior"]
+__all__ = ["Prior", "MixtureGaussian", "L2", "Laplace", "NoPrior"]
 
 # Elements per bucket of the float32 work lists: bounds the transient memory of the
 # prior update for models whose weights are not float32 (bf16/fp16 copies) and the
@@ -251,6 +251,29 @@ class L2(Prior):
             return
         for part in _buckets(params):
             _add_(grads[part], _as_fp32(params[part]), scale / self.sigma_sq)
+
+
+@dataclass(frozen=True)
+class Laplace(Prior):
+    """Laplace prior with scale ``b``: the L1 penalty ``|theta|/b`` (Fig. 1's third curve)."""
+
+    scale: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check_positive("scale", self.scale)
+
+    def neg_log_density(self, theta: Tensor) -> Tensor:
+        return theta.abs() / self.scale + math.log(2 * self.scale)
+
+    def grad(self, theta: Tensor) -> Tensor:
+        return torch.sign(theta) / self.scale
+
+    @torch.no_grad()
+    def add_grad_(self, params: Sequence[Tensor], grads: Sequence[Tensor], scale: float) -> None:
+        if scale == 0:
+            return
+        for part in _buckets(params):
+            _add_(grads[part], [torch.sign(p) for p in _as_fp32(params[part])], scale / self.scale)
 
 
 @dataclass(frozen=True)

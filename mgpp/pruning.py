@@ -96,6 +96,13 @@ class Targets:
         """Fraction of target weights that are exactly zero."""
         return sum(self.zeros_per_tensor()) / max(self.numel, 1)
 
+    @torch.no_grad()
+    def min_nonzero_magnitude(self) -> float:
+        """Smallest |w| among the nonzero target weights (0.0 when all are zero)."""
+        inf = float("inf")
+        smallest = min(float(torch.where(p != 0, p.detach().abs(), inf).min()) for p in self.params)
+        return 0.0 if smallest == inf else smallest
+
     def layer_sparsity(self) -> dict[str, float]:
         """Per target tensor: fraction of exactly-zero weights."""
         return {n: z / p.numel() for n, p, z in zip(self.names, self.params, self.zeros_per_tensor())}

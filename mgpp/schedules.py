@@ -8,9 +8,11 @@ A schedule answers, for the 1-based index ``t`` of the optimizer step being take
 * ``prior_at(t, prior)``: the prior in force at step ``t`` (annealing changes it);
 * ``fixes_mask_at(t)``: whether the pruned set is frozen after step ``t`` (``t = 0``: before training).
 
-Step arguments (``t_i``, ``t_f``) accept a step count (int) or a fraction of the
-total number of steps (float in [0, 1]); :meth:`bind` turns fractions into steps
-once the trainer knows the total, and can calibrate against the model.
+Step arguments (``t_i``, ``t_f``) accept a step count (int), a negative step count that
+counts back from the end (``t_f=-27000``: the last 27,000 steps run at the final sparsity,
+as PLATON and LoSparse write their ``final_warmup``), or a fraction of the total number of
+steps (float in [0, 1]); :meth:`bind` turns them into steps once the trainer knows the
+total, and can calibrate against the model.
 """
 
 from __future__ import annotations
@@ -38,12 +40,19 @@ def _check_step(name: str, value: Step) -> None:
         raise TypeError(f"{name} must be a step count (int) or a fraction of training (float), got {name}={value!r}")
     if isinstance(value, float) and not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} as a fraction of training must lie in [0, 1], got {name}={value!r}")
-    if isinstance(value, int) and value < 0:
-        raise ValueError(f"{name} must be a non-negative step, got {name}={value!r}")
 
 
 def _to_steps(value: Step, total_steps: int) -> int:
-    return int(round(value * total_steps)) if isinstance(value, float) else int(value)
+    if isinstance(value, float):
+        return int(round(value * total_steps))
+    return int(value) if value >= 0 else total_steps + int(value)
+
+
+def _comparable(a: Step, b: Step) -> bool:
+    """Whether two unresolved steps can be ordered before the total is known."""
+    if isinstance(a, float) and isinstance(b, float):
+        return True
+    return isinstance(a, int) and isinstance(b, int) and (a >= 0) == (b >= 0)
 
 
 def _check_sparsity(value: float) -> None:
@@ -116,11 +125,13 @@ class CubicSparsity(Schedule):
         _check_step("t_f", self.t_f)
         if isinstance(self.prune_every, bool) or not isinstance(self.prune_every, int) or self.prune_every < 1:
             raise ValueError(f"prune_every must be a positive number of steps, got prune_every={self.prune_every!r}")
-        if type(self.t_i) is type(self.t_f) and self.t_f <= self.t_i:
+        if _comparable(self.t_i, self.t_f) and self.t_f <= self.t_i:
             raise ValueError(f"t_f must come after t_i, got t_i={self.t_i!r}, t_f={self.t_f!r}")
 
     def bind(self, total_steps: int, prior=None, params=None, pruner=None) -> "CubicSparsity":
         t_i, t_f = _to_steps(self.t_i, total_steps), _to_steps(self.t_f, total_steps)
+        if t_i < 0:
+            raise ValueError(f"t_i={self.t_i!r} counts back past the start of {total_steps} training steps")
         if t_f <= t_i:
             raise ValueError(
                 f"t_f must come after t_i, got t_i={self.t_i!r} -> step {t_i}, t_f={self.t_f!r} -> step {t_f} "
@@ -198,7 +209,7 @@ class PriorAnnealing(Schedule):
         _check_sparsity(self.final_sparsity)
         _check_step("t_i", self.t_i)
         _check_step("t_f", self.t_f)
-        if type(self.t_i) is type(self.t_f) and self.t_f <= self.t_i:
+        if _comparable(self.t_i, self.t_f) and self.t_f <= self.t_i:
             raise ValueError(f"t_f must come after t_i, got t_i={self.t_i!r}, t_f={self.t_f!r}")
         if self.sigma0_sq_init is not None and not self.sigma0_sq_init > 0:
             raise ValueError(f"sigma0_sq_init must be a positive variance, got sigma0_sq_init={self.sigma0_sq_init!r}")
@@ -207,7 +218,7 @@ class PriorAnnealing(Schedule):
         if not isinstance(prior, MixtureGaussian):
             raise TypeError(f"prior annealing needs a MixtureGaussian prior, got {type(prior).__name__}")
         t_i, t_f = _to_steps(self.t_i, total_steps), _to_steps(self.t_f, total_steps)
-        if not t_i < t_f <= total_steps:
+        if not 0 <= t_i < t_f <= total_steps:
             raise ValueError(
                 f"prior annealing needs t_i < t_f <= total steps, got t_i={self.t_i!r} -> {t_i}, "
                 f"t_f={self.t_f!r} -> {t_f}, total {total_steps}"

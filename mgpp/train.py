@@ -8,6 +8,10 @@ configured task with the configured method, and writes into ``cfg.output_dir``:
 - ``metrics.json``       final eval metrics, sparsity and wall time
 - ``layer_sparsity.csv`` per target tensor: weights, zeros, sparsity
 - ``model/``             the pruned model and tokenizer (safetensors; ``from_pretrained`` loads it)
+
+Runs are resumable (``resume=true``, the default): rerun into the same ``output_dir`` and a
+finished run is skipped, an interrupted one continues from its last checkpoint. Sweeps with a
+fixed sweep dir (the experiment files) therefore pick up where they stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -25,6 +30,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from . import config as config_schema
 from .callback import PruningCallback
@@ -36,7 +42,12 @@ from .tasks.mlm import save_mask
 
 log = logging.getLogger("mgpp.train")
 
-__all__ = ["train", "build_method", "main"]
+__all__ = ["train", "build_method", "main", "finished_metrics"]
+
+#: written last, so its presence marks a finished run
+METRICS_FILE = "metrics.json"
+#: keys that may change between an interrupted run and its resumption
+RESUME_IGNORES = ("output_dir", "resume", "logger", "trainer.disable_tqdm")
 
 
 def build(node: DictConfig, **kwargs):
@@ -101,17 +112,51 @@ def _group_name(cfg: DictConfig) -> str:
     return cfg.experiment_name
 
 
-def _build_loggers(cfg: DictConfig, run_dir: Path, resolved: dict) -> Loggers:
+def _build_loggers(cfg: DictConfig, run_dir: Path, resolved: dict, resuming: bool) -> Loggers:
     backends = []
     for name, node in cfg.logger.items():
         if node is None:
             continue
-        kwargs = {"run_dir": run_dir, "run_config": resolved}
+        kwargs = {"run_dir": run_dir, "run_config": resolved, "resuming": resuming}
         if name == "wandb":  # the W&B run is grouped by experiment/sweep, typed by method
             kwargs |= {"group": node.get("group") or _group_name(cfg), "job_type": node.get("job_type") or cfg.method.name}
         # partial: the run's config must reach the backend as data, not be instantiated itself
         backends.append(instantiate(node, _partial_=True)(**kwargs))
     return Loggers(backends)
+
+
+def _flatten(node, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out |= _flatten(value, f"{prefix}{key}.")
+        return out
+    return {prefix[:-1]: node}
+
+
+def _config_changes(saved: dict, current: dict) -> list[str]:
+    """Keys whose values differ between two resolved configs, ignoring :data:`RESUME_IGNORES`."""
+    old, new = _flatten(saved), _flatten(current)
+    ignored = lambda key: any(key == k or key.startswith(k + ".") for k in RESUME_IGNORES)  # noqa: E731
+    return sorted(k for k in old.keys() | new.keys() if not ignored(k) and old.get(k) != new.get(k))
+
+
+def finished_metrics(run_dir: str | Path) -> dict[str, Any] | None:
+    """The final metrics of a finished run in ``run_dir``, or None."""
+    path = Path(run_dir) / METRICS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _check_resumable(run_dir: Path, resolved: dict) -> None:
+    """Refuse to resume or skip a run that was configured differently: its results would be mislabelled."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return
+    changes = _config_changes(OmegaConf.to_container(OmegaConf.load(saved)), resolved)
+    if changes:
+        shown = ", ".join(changes[:6]) + (", ..." if len(changes) > 6 else "")
+        raise ValueError(f"{run_dir} holds a run configured differently ({shown}); choose another output_dir "
+                         "or set resume=false to overwrite it")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -120,8 +165,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task = build(cfg.task)
     method = build_method(cfg)  # bad task/prior/schedule values fail here, before any data or model
     run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    checkpoint = None
+    if cfg.resume:
+        _check_resumable(run_dir, resolved)
+        done = finished_metrics(run_dir)
+        if done is not None:
+            log.info("%s is finished (%s): skipped; resume=false reruns it", run_dir, METRICS_FILE)
+            return done
+        checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
+        if checkpoint:
+            log.info("resuming from %s", checkpoint)
+    else:
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     set_seed(cfg.seed)
     start = time.time()
@@ -131,11 +188,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                          cfg.seed)
     trainer = task.make_trainer(model, _training_arguments(cfg, run_dir, task), train_set, eval_sets, tokenizer)
     pruning = PruningCallback(method, train_size=cfg.train_size or len(train_set)).attach(trainer)
-    loggers = _build_loggers(cfg, run_dir, resolved) if trainer.is_world_process_zero() else Loggers([])
+    loggers = _build_loggers(cfg, run_dir, resolved, checkpoint is not None) if trainer.is_world_process_zero() else Loggers([])
     reporting = ReportingCallback(loggers, pruning, cfg.report.histogram_every, cfg.report.histogram_bins)
     trainer.add_callback(reporting)
 
-    trainer.train()
+    trainer.train(resume_from_checkpoint=checkpoint)
 
     metrics = task.evaluate(trainer, eval_sets)
     final_step = trainer.state.global_step
@@ -145,7 +202,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if trainer.is_world_process_zero():
         rows = reporting.log_weights(final_step)
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         with open(run_dir / "layer_sparsity.csv", "w", newline="") as f:
             csv.writer(f).writerows([LAYER_COLUMNS, *rows])
         if cfg.save_model:
@@ -153,6 +209,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if getattr(task, "save_mask", False):  # upstream pruning: keep the mask for sparse transfer
                 save_mask(pruning.targets.names, pruning.targets.params, run_dir / "model" / "mask.safetensors")
         loggers.finish(metrics)
+        (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")  # last: marks the run finished
     log.info("final: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
     return metrics
 

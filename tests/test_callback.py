@@ -68,6 +68,11 @@ def test_presets_end_at_target_sparsity(tmp_path, name, kwargs, sparsity):
     assert last["pruning/sparsity"] == pytest.approx(sparsity, abs=1e-4)
     assert last["pruning/target_sparsity"] == sparsity
     assert last["pruning/threshold"] > 0
+    # the smallest survivor (right after a prune, or under PA's fixed mask)
+    survivors = torch.cat([p.detach().abs().flatten() for p in targets.params])
+    assert last["pruning/kept_min_magnitude"] == pytest.approx(float(survivors[survivors > 0].min()))
+    if name != "pa":  # pruned at this very step: at or above every pruned score
+        assert last["pruning/kept_min_magnitude"] >= last["pruning/threshold"]
 
 
 def test_dense_never_zeroes_anything(tmp_path):

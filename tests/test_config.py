@@ -40,7 +40,7 @@ def test_every_option_composes_and_validates(group, option):
 def test_groups_cover_the_documented_options():
     assert options("method") == ["dense", "gmp", "l2", "mgpp", "pa", "sparse_transfer"]
     assert set(options("task")) >= set("mnli qnli qqp rte sst2 mrpc cola stsb squad squad_dev_split".split())
-    assert options("prior") == ["l2", "mgp", "none"]
+    assert options("prior") == ["l1", "l2", "mgp", "none"]
     assert set(options("model")) >= {"minilm", "bert_base", "deberta_v3_base", "bart_large", "tiny_bert"}
     assert options("logger") == ["jsonl", "tensorboard", "wandb"]
 

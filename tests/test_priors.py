@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mgpp import priors
-from mgpp.priors import L2, MixtureGaussian, NoPrior
+from mgpp.priors import L2, Laplace, MixtureGaussian, NoPrior
 
 SETTINGS = [  # (lam, sigma0_sq, sigma1_sq): the paper's grid plus harsher corners
     (1e-7, 1e-9, 0.05),
@@ -67,7 +67,8 @@ def test_spike_probability_is_eq4_g():
     torch.testing.assert_close(prior.spike_probability(theta), g)
 
 
-@pytest.mark.parametrize("prior", [MixtureGaussian(1e-7, 1e-10, 0.05), MixtureGaussian(1e-3, 1e-4, 0.5), L2(0.05)])
+@pytest.mark.parametrize("prior", [MixtureGaussian(1e-7, 1e-10, 0.05), MixtureGaussian(1e-3, 1e-4, 0.5), L2(0.05),
+                                   Laplace(0.1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_add_grad_equals_scaled_grad_over_many_tensors(prior, dtype, monkeypatch):
     monkeypatch.setattr(priors, "BUCKET_NUMEL", 50)  # force several buckets
@@ -117,7 +118,7 @@ def test_bad_l2_variance():
         L2(0)
 
 
-@pytest.mark.parametrize("prior", [MixtureGaussian(1e-7, 1e-10, 0.05), L2(0.05)])
+@pytest.mark.parametrize("prior", [MixtureGaussian(1e-7, 1e-10, 0.05), L2(0.05), Laplace(0.1)])
 def test_penalty_is_sum_of_neg_log_density_from_zero(prior):
     torch.manual_seed(0)
     params = [torch.randn(10, 3) * 0.05, torch.randn(7)]
@@ -147,3 +148,13 @@ def test_compiled_prior_gradient_matches_foreach_without_recompiling():
             frames = counters["stats"]["unique_graphs"]
     assert counters["stats"]["unique_graphs"] == frames  # new sigma0_sq / scale: no recompilation
     assert compiled.crossover() == eager.crossover()
+
+
+def test_laplace_is_the_l1_penalty():
+    prior = Laplace(0.1)
+    theta = torch.tensor([-0.3, 0.0, 0.2], dtype=torch.float64)
+    assert torch.allclose(prior.neg_log_density(theta) - prior.neg_log_density(torch.zeros((), dtype=torch.float64)),
+                          theta.abs() / 0.1)
+    assert torch.equal(prior.grad(theta), torch.sign(theta) / 0.1)
+    with pytest.raises(ValueError, match="scale"):
+        Laplace(0.0)

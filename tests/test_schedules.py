@@ -100,3 +100,14 @@ def test_prior_annealing_needs_mixture_prior():
 
     with pytest.raises(TypeError, match="MixtureGaussian"):
         PriorAnnealing(0.5, t_f=10).bind(20, L2(0.1), [torch.randn(4, 4)], GlobalPruner())
+
+
+def test_negative_steps_count_back_from_the_end():
+    """PLATON/LoSparse write the end of the ramp as 'the last N steps at the final sparsity'."""
+    bound = CubicSparsity(final_sparsity=0.9, t_i=100, t_f=-300, prune_every=10).bind(1000)
+    assert (bound.t_i, bound.t_f) == (100, 700)
+    assert bound.sparsity(700) == pytest.approx(0.9) and bound.sparsity(699) < 0.9
+    with pytest.raises(ValueError, match="t_f must come after t_i"):
+        CubicSparsity(final_sparsity=0.9, t_i=800, t_f=-300).bind(1000)
+    with pytest.raises(ValueError, match="counts back past the start"):
+        CubicSparsity(final_sparsity=0.9, t_i=-2000, t_f=-300).bind(1000)

@@ -1,0 +1,88 @@
+"""``python -m mgpp.report <run or sweep dirs> [--out DIR]``: tables (Markdown, CSV) and figures (PNG).
+
+Examples::
+
+    python -m mgpp.report outputs/experiments/table1_deberta_glue --out reports/table1
+    python -m mgpp.report outputs/sweeps/sensitivity_lam --by prior.lam
+    python -m mgpp.report --wandb my-team/mgpp --wandb-group table1_deberta_glue --out reports/table1
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from . import figures
+from .runs import find_runs, wandb_runs
+from .tables import summarize, to_csv, to_markdown
+
+log = logging.getLogger("mgpp.report")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m mgpp.report", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="*", help="run folders or sweep folders (searched recursively)")
+    p.add_argument("--out", default="report", help="output folder (default: ./report)")
+    p.add_argument("--by", nargs="*", default=[], metavar="KEY",
+                   help="extra config keys to group by, e.g. prior.lam for a sensitivity sweep")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read finished runs from this W&B project")
+    p.add_argument("--wandb-group", help="only W&B runs of this group (the experiment name)")
+    p.add_argument("--fig2a-methods", default="mgpp,l2", help="methods compared in Fig. 2a (default: mgpp,l2)")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument("--lam", type=float, default=1e-7, help="prior of Fig. 1 / A1 (default: the paper's)")
+    p.add_argument("--sigma0-sq", type=float, default=1e-10)
+    p.add_argument("--sigma1-sq", type=float, default=0.05)
+    args = p.parse_args(argv)
+    if not args.paths and not args.wandb:
+        p.error("give run/sweep folders, --wandb, or both")
+    return args
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    runs = find_runs(args.paths)
+    if args.wandb:
+        runs += wandb_runs(args.wandb, {"group": args.wandb_group} if args.wandb_group else None)
+    finished = [r for r in runs if r.finished]
+    log.info("%d runs found, %d finished", len(runs), len(finished))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    rows = summarize(runs, by=args.by)
+    markdown = to_markdown(rows)
+    to_csv(rows, out / "results.csv")
+
+    figure_lines = []
+    if not args.no_figures:
+        prior = dict(lam=args.lam, sigma0_sq=args.sigma0_sq, sigma1_sq=args.sigma1_sq)
+        made = [figures.figure1(out / "figures" / "fig1_penalties.png", **prior),
+                figures.figure_a1(out / "figures" / "figA1_prior_knobs.png", **prior)]
+        by_setting = defaultdict(list)
+        for run in finished:
+            by_setting[(run.get("experiment_name"), run.get("task.name"), run.get("sparsity"))].append(run)
+        for (experiment, task, sparsity), group in sorted(by_setting.items(), key=str):
+            stem = f"{experiment}_{task}_sparsity{sparsity}"
+            title = f"({task}, {float(sparsity):.0%})"
+            made.append(figures.figure2a(group, out / "figures" / f"fig2a_{stem}.png",
+                                         methods=args.fig2a_methods.split(","), title=title))
+            made.append(figures.figure2b(group, out / "figures" / f"fig2b_{stem}.png", title=title))
+        figure_lines = [f"![{p.stem}](figures/{p.name})" for p in made if p is not None]
+
+    report = ["# Results", "", f"{len(finished)} finished runs from: "
+              + ", ".join([*map(str, args.paths), *([f"W&B {args.wandb}"] if args.wandb else [])]), "", markdown]
+    if figure_lines:
+        report += ["## Figures", "", *figure_lines, ""]
+    (out / "report.md").write_text("\n".join(report))
+    print(markdown)
+    log.info("wrote %s, %s%s", out / "report.md", out / "results.csv",
+             f" and {len(figure_lines)} figures in {out / 'figures'}" if figure_lines else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

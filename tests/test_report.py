@@ -1,0 +1,153 @@
+"""The report tool: Fig. 1 curves are the priors' penalties; tables average seeds correctly;
+the CLI writes Markdown, CSV and PNGs, from synthetic runs and from real tiny runs."""
+
+import csv
+import json
+import math
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mgpp.priors import L2, Laplace, MixtureGaussian
+from mgpp.report import find_runs, summarize, to_csv, to_markdown
+from mgpp.report.__main__ import main as report_main
+from mgpp.report.figures import figure1_curves
+
+from test_train import QUICK, ROOT, needs_glue, run_train
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_figure1_curves_are_the_priors_penalties():
+    lam, s0, s1 = 1e-7, 1e-10, 0.05
+    curves = figure1_curves(lam, s0, s1)
+    priors = {"MGP": MixtureGaussian(lam, s0, s1), "L2": L2(s1), "L1": Laplace(math.sqrt(s1 / 2))}
+    zero = torch.zeros((), dtype=torch.float64)
+    for panel, by_prior in curves.items():
+        assert set(by_prior) == set(priors)
+        for name, (x, y) in by_prior.items():
+            theta = torch.as_tensor(x, dtype=torch.float64)
+            expected = (priors[name].neg_log_density(theta) - priors[name].neg_log_density(zero)).numpy()
+            np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    # and the MGP curve is Eq. 2 written out independently
+    x, y = curves["near zero"]["MGP"]
+    density = lam * np.exp(-x**2 / (2 * s1)) / np.sqrt(2 * np.pi * s1) + (1 - lam) * np.exp(-x**2 / (2 * s0)) / np.sqrt(2 * np.pi * s0)
+    at_zero = lam / np.sqrt(2 * np.pi * s1) + (1 - lam) / np.sqrt(2 * np.pi * s0)
+    np.testing.assert_allclose(y, -np.log(density) + np.log(at_zero), rtol=1e-9, atol=1e-9)
+    # near zero spans the crossover, where the penalty levels off
+    assert x.max() > priors["MGP"].crossover()
+
+
+PAPER = {"table": "Table 9", "results": {"mrpc": {"mgpp": {"0.9": [80.0, 85.0]}}}}
+
+
+def fake_run(root, method, seed, acc, f1, sparsity=0.9):
+    run = root / "mrpc" / method / f"sparsity{sparsity}_seed{seed}"
+    run.mkdir(parents=True)
+    config = {"experiment_name": "fake", "seed": seed, "sparsity": sparsity, "method": {"name": method},
+              "task": {"name": "mrpc", "metrics": ["accuracy", "f1"], "eval_splits": ["validation"]},
+              "prior": {"lam": 1e-7}, "paper": PAPER}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("not: a run\n")  # Hydra's copy is not a second run
+    metrics = {"eval_accuracy": acc, "eval_f1": f1, "sparsity": sparsity if method != "dense" else 0.0,
+               "wall_time_s": 10.0}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    records = [{"kind": "scalars", "step": s, "pruning/threshold": 0.01 * s, "pruning/kept_min_magnitude": 0.02 * s}
+               for s in (5, 10, 15)]
+    records.append({"kind": "histogram", "step": 15, "name": "weights/nonzero_targets", "counts": [1, 0, 3, 2],
+                    "edges": [-0.2, -0.1, 0.0, 0.1, 0.2], "num": 6, "sum": 0.1, "sum_squares": 0.05, "min": -0.2,
+                    "max": 0.2})
+    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return metrics
+
+
+def test_tables_average_seeds_and_put_the_paper_beside(tmp_path):
+    values = {("mgpp", 1): (0.80, 0.86), ("mgpp", 2): (0.82, 0.88), ("mgpp", 3): (0.84, 0.87),
+              ("l2", 1): (0.70, 0.80), ("l2", 2): (0.74, 0.81), ("dense", 1): (0.85, 0.90)}
+    for (method, seed), (acc, f1) in values.items():
+        fake_run(tmp_path, method, seed, acc, f1)
+    unfinished = tmp_path / "mrpc" / "gmp" / "sparsity0.9_seed1"
+    unfinished.mkdir(parents=True)
+    (unfinished / "config.yaml").write_text(yaml.safe_dump({"experiment_name": "fake", "seed": 1, "sparsity": 0.9,
+                                                             "method": {"name": "gmp"}, "task": {"name": "mrpc"}}))
+    runs = find_runs([tmp_path])
+    assert len(runs) == 7 and sum(r.finished for r in runs) == 6
+    rows = {r.method: r for r in summarize(runs)}
+    assert set(rows) == {"dense", "l2", "mgpp"}  # gmp has no finished run yet
+    for method, row in rows.items():
+        accs = [100 * a for (m, _), (a, _f) in values.items() if m == method]
+        f1s = [100 * f for (m, _), (_a, f) in values.items() if m == method]
+        assert row.means == pytest.approx([statistics.fmean(accs), statistics.fmean(f1s)])
+        if len(accs) > 1:
+            assert row.stds == pytest.approx([statistics.stdev(accs), statistics.stdev(f1s)])
+        else:
+            assert all(math.isnan(s) for s in row.stds)
+    assert rows["mgpp"].paper == [80.0, 85.0] and rows["l2"].paper is None
+    assert rows["dense"].sparsity == 0.0 and rows["mgpp"].seeds == [1, 2, 3]
+
+    markdown = to_markdown(list(rows.values()))
+    assert "| 90% | mgpp | 82.0±2.0/87.0±1.0 | 3 |" in markdown
+    assert "| 90% | mgpp (paper) | 80/85 | |" in markdown
+    to_csv(list(rows.values()), tmp_path / "results.csv")
+    lines = list(csv.DictReader(open(tmp_path / "results.csv")))
+    mgpp_acc = next(r for r in lines if r["method"] == "mgpp" and r["metric"] == "accuracy")
+    assert float(mgpp_acc["mean"]) == pytest.approx(82.0) and float(mgpp_acc["std"]) == pytest.approx(2.0)
+    assert mgpp_acc["paper"] == "80.0" and mgpp_acc["n"] == "3"
+
+
+def test_by_key_splits_groups(tmp_path):
+    fake_run(tmp_path, "mgpp", 1, 0.8, 0.8)
+    other = tmp_path / "other"
+    fake_run(other, "mgpp", 1, 0.6, 0.6)
+    config = yaml.safe_load((other / "mrpc/mgpp/sparsity0.9_seed1/config.yaml").read_text())
+    config["prior"]["lam"] = 1e-5
+    (other / "mrpc/mgpp/sparsity0.9_seed1/config.yaml").write_text(yaml.safe_dump(config))
+    rows = summarize(find_runs([tmp_path]), by=["prior.lam"])
+    assert sorted((dict(r.by)["prior.lam"], r.means[0]) for r in rows) == [(1e-7, pytest.approx(80.0)),
+                                                                         (1e-5, pytest.approx(60.0))]
+
+
+def test_cli_writes_markdown_csv_and_pngs(tmp_path, capsys):
+    for method in ("mgpp", "l2", "gmp"):
+        fake_run(tmp_path / "runs", method, 1, 0.8, 0.8)
+    assert report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    assert "mgpp (paper)" in (out / "report.md").read_text() and (out / "results.csv").exists()
+    pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert pngs == ["fig1_penalties.png", "fig2a_fake_mrpc_sparsity0.9.png", "fig2b_fake_mrpc_sparsity0.9.png",
+                    "figA1_prior_knobs.png"]
+    for name in pngs:
+        assert (out / "figures" / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cli_needs_something_to_read():
+    with pytest.raises(SystemExit):
+        report_main([])
+    with pytest.raises(FileNotFoundError, match="no such run"):
+        report_main(["/nonexistent/sweep", "--no-figures"])
+
+
+@needs_glue
+def test_report_on_real_tiny_runs(tmp_path):
+    run_train("-m", *QUICK, "model=tiny_bert", "task=rte", "method=gmp,mgpp", "seed=1,2", "logger=[jsonl]",
+              "save_model=false", "experiment_name=tiny", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    proc = subprocess.run([sys.executable, "-m", "mgpp.report", str(tmp_path / "sweep"), "--out", str(tmp_path / "out"),
+                           "--fig2a-methods", "mgpp,gmp"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert {(r["method"], r["metric"]) for r in lines} == {("gmp", "accuracy"), ("mgpp", "accuracy")}
+    for line in lines:
+        accs = [100 * json.loads(p.read_text())["eval_accuracy"]
+                for p in (tmp_path / "sweep" / "rte" / line["method"]).glob("*/metrics.json")]
+        assert len(accs) == 2 and line["seeds"] == "1 2"
+        assert float(line["mean"]) == pytest.approx(statistics.fmean(accs), abs=1e-4)
+        assert float(line["std"]) == pytest.approx(statistics.stdev(accs), abs=1e-4)
+    figures = {p.name for p in (tmp_path / "out" / "figures").glob("*.png")}
+    assert {"fig1_penalties.png", "figA1_prior_knobs.png", "fig2a_tiny_rte_sparsity0.9.png",
+            "fig2b_tiny_rte_sparsity0.9.png"} <= figures
