@@ -61,7 +61,7 @@ def test_experiment_composes_for_every_swept_task_and_method(name):
 def test_paper_block_is_what_the_report_reads(name):
     cfg = compose_train(f"experiment={name}")
     if cfg.paper is None:
-        assert name == "study_minilm"  # ours, not a paper table
+        assert name.startswith("study_minilm")  # ours, not a paper table
         return
     assert cfg.paper.table.startswith("Table")
     for task, by_method in (cfg.paper.results or {}).items():

@@ -108,3 +108,35 @@ def test_local_glue_files_read_as_documented():
     assert sorted(set(rte["label"])) == [0, 1]  # entailment=0, not_entailment=1 as on the hub
     stsb = load_glue("stsb")["validation"]
     assert isinstance(stsb["label"][0], float) and 0.0 <= min(stsb["label"]) and max(stsb["label"]) <= 5.0
+
+
+@needs_glue
+def test_rerun_skips_a_finished_run_and_refuses_a_changed_config(tmp_path):
+    args = [*QUICK, "model=tiny_bert", "task=rte", "logger=[jsonl]", "save_model=false", f"hydra.run.dir={tmp_path}"]
+    run_train(*args)
+    finished = (tmp_path / "metrics.json").read_text()
+    proc = run_train(*args)
+    assert "is finished" in proc.stdout + proc.stderr and (tmp_path / "metrics.json").read_text() == finished
+    proc = run_train(*args, "sparsity=0.5", check=False)
+    assert proc.returncode != 0 and "configured differently (schedule.final_sparsity, sparsity)" in proc.stderr
+    run_train(*args, "sparsity=0.5", "resume=false")  # starts afresh
+    assert json.loads((tmp_path / "metrics.json").read_text())["target_sparsity"] == 0.5
+
+
+@needs_glue
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
+    args = [*QUICK, "model=tiny_bert", "task=rte", "method=mgpp", "logger=[jsonl]", "save_model=false",
+            "trainer.save_strategy=steps", "trainer.save_steps=12", "trainer.save_total_limit=3",
+            f"hydra.run.dir={tmp_path}"]
+    run_train(*args)
+    # simulate a run killed between the checkpoints of steps 12 and 24
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints" / "checkpoint-24")
+    (tmp_path / "metrics.json").unlink()
+    proc = run_train(*args)
+    assert "resuming from" in proc.stdout + proc.stderr and "checkpoint-12" in proc.stdout + proc.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train_steps"] == 24 and metrics["sparsity"] == pytest.approx(0.9, abs=1e-4)
+    steps = [r["step"] for r in read_jsonl(tmp_path / "log.jsonl") if r["kind"] == "scalars" and "loss" in r]
+    assert steps.count(16) == 2 and steps[-1] == 24  # the log continues: steps 16-24 again after the resume
