@@ -151,3 +151,27 @@ def test_report_on_real_tiny_runs(tmp_path):
     figures = {p.name for p in (tmp_path / "out" / "figures").glob("*.png")}
     assert {"fig1_penalties.png", "figA1_prior_knobs.png", "fig2a_tiny_rte_sparsity0.9.png",
             "fig2b_tiny_rte_sparsity0.9.png"} <= figures
+
+
+def test_unreachable_wandb_falls_back_to_local_runs(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))  # no stored login either
+    fake_run(tmp_path / "runs", "mgpp", 1, 0.8, 0.8)
+    assert report_main([str(tmp_path / "runs"), "--wandb", "nobody/nothing", "--no-figures",
+                        "--out", str(tmp_path / "out")]) == 0
+    assert "not readable" in caplog.text and "| 90% | mgpp | 80.0/80.0 | 1 |" in (tmp_path / "out/report.md").read_text()
+
+
+def test_weight_histograms_count_the_nonzero_targets():
+    from mgpp.reporting import log_magnitude_histogram, weight_histogram
+
+    params = [torch.tensor([[0.0, 0.5, -0.05], [0.0, 1e-10, 2.0]]), torch.tensor([[-0.005, 0.0]])]
+    linear = weight_histogram(params, bins=8)
+    assert linear.num == sum(linear.counts) == 5 and linear.edges[0] == -2.0 and linear.edges[-1] == 2.0
+    logs = log_magnitude_histogram(params, bins=10, low=1e-8)
+    assert logs.num == sum(logs.counts) == 5
+    assert logs.edges[0] == pytest.approx(-8.0) and logs.edges[-1] == pytest.approx(math.log10(2.0))
+    assert logs.counts[0] == 1  # 1e-10 sits below `low`: first bin
+    centers = np.log10([0.5, 0.05, 2.0, 0.005])
+    expected = np.histogram(centers, bins=np.asarray(logs.edges))[0]
+    assert list(np.asarray(logs.counts[1:]) - expected[1:]) == [0] * 9

@@ -105,10 +105,16 @@ def _one_run_per_method(runs: Sequence[Run], methods: Sequence[str]) -> dict[str
     return chosen
 
 
+LINEAR, LOG_MAGNITUDE = "weights/nonzero_targets", "weights/nonzero_log10_magnitude"
+
+
 def figure2a(runs: Sequence[Run], path: str | Path, methods: Sequence[str] = ("mgpp", "l2"), title: str = "") -> Path | None:
     """Distribution of the remaining nonzero target weights at the end of training."""
     chosen = _one_run_per_method(runs, methods)
-    hists = {m: r.last_histogram() for m, r in chosen.items()}
+    # log10-magnitude histograms where the runs have them (they show the gap at zero), else linear
+    log_scale = all(r.last_histogram(LOG_MAGNITUDE) for r in chosen.values()) and bool(chosen)
+    name = LOG_MAGNITUDE if log_scale else LINEAR
+    hists = {m: r.last_histogram(name) for m, r in chosen.items()}
     hists = {m: h for m, h in hists.items() if h and h["num"] > 0}
     if not hists:
         return None
@@ -116,11 +122,19 @@ def figure2a(runs: Sequence[Run], path: str | Path, methods: Sequence[str] = ("m
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, h in hists.items():
         edges, counts = np.asarray(h["edges"]), np.asarray(h["counts"], dtype=float)
-        density = counts / (counts.sum() * np.diff(edges))
+        if log_scale:
+            edges = 10.0 ** edges
+        density = counts / counts.sum()
         ax.stairs(density, edges, label=f"{method} (seed {chosen[method].get('seed')}, {h['num']:,} nonzero)")
-    ax.set_yscale("log")
-    ax.set_xlabel("remaining nonzero weight")
-    ax.set_ylabel("density")
+    if log_scale:
+        ax.set_xscale("log")
+        ax.set_xlabel("|remaining nonzero weight|")
+        occupied = [10.0 ** h["edges"][i] for h in hists.values() for i, c in enumerate(h["counts"]) if c]
+        ax.set_xlim(left=min(occupied) / 3)
+    else:
+        ax.set_yscale("log")
+        ax.set_xlabel("remaining nonzero weight")
+    ax.set_ylabel("fraction of nonzero weights per bin")
     ax.set_title(f"Fig. 2a: remaining weights {title}".strip())
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -150,6 +164,8 @@ def figure2b(runs: Sequence[Run], path: str | Path, methods: Sequence[str] = ("m
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("magnitude threshold")
+    if any(line.get_linestyle() == ":" for line in ax.lines):
+        ax.plot([], [], ls=":", color="gray", label="dotted: largest pruned |θ|")
     ax.set_title(f"Fig. 2b: threshold over training {title}".strip())
     ax.legend(fontsize=8)
     return _save(fig, path)
