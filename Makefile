@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 TRAIN_ARGS ?= max_train_samples=8000 trainer.num_train_epochs=2
 ARGS ?=
 
-.PHONY: install train test bench clean
+.PHONY: install train test bench study clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_engine.py
+
+# The measured small-scale study (MiniLM-L6, SST-2/MRPC/RTE/STS-B at 90%, 5 methods x 2 seeds, about
+# 2 hours on 2 cores), then its report. Resumable: run it again after an interruption.
+study: install
+	experiments/results/study_minilm/run.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -15,8 +15,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Run", "find_runs", "wandb_runs"]
 
-_MISSING = object()
-
 
 @dataclass
 class Run:
