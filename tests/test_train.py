@@ -18,8 +18,8 @@ needs_glue = pytest.mark.skipif(GLUE is None, reason="no local GLUE folder (../s
 QUICK = ["max_train_samples=256", "max_eval_samples=64", "trainer.max_steps=24",
          "trainer.logging_steps=4", "trainer.eval_steps=12", "report.histogram_every=8",
          "trainer.per_device_train_batch_size=16", "trainer.disable_tqdm=true", "trainer.learning_rate=1e-3"]
-PRUNING_KEYS = ["pruning/target_sparsity", "pruning/sparsity", "pruning/threshold", "pruning/prior_crossover",
-                "pruning/prior_weight", "pruning/prior_penalty"]
+PRUNING_KEYS = ["pruning/target_sparsity", "pruning/sparsity", "pruning/threshold", "pruning/kept_min_magnitude",
+                "pruning/prior_crossover", "pruning/prior_weight", "pruning/prior_penalty"]
 
 
 def run_train(*overrides, check=True):
@@ -59,9 +59,10 @@ def test_each_method_end_to_end(tmp_path, method, sparsity):
     for key in ["loss", "learning_rate", *PRUNING_KEYS]:
         assert key in train_logs[-1], key
     assert any("eval_accuracy" in r for r in records if r["kind"] == "scalars")
-    histograms = [r for r in records if r["kind"] == "histogram"]
-    assert [h["step"] for h in histograms] == [8, 16, 24, 24]
-    assert sum(histograms[-1]["counts"]) == targets.numel - num_to_prune(sparsity, targets.numel)
+    for name in ("weights/nonzero_targets", "weights/nonzero_log10_magnitude"):
+        histograms = [r for r in records if r["kind"] == "histogram" and r["name"] == name]
+        assert [h["step"] for h in histograms] == [8, 16, 24, 24]
+        assert sum(histograms[-1]["counts"]) == targets.numel - num_to_prune(sparsity, targets.numel)
     tables = [r for r in records if r["kind"] == "table"]
     assert tables and len(tables[-1]["rows"]) == len(targets)
     assert records[-1]["kind"] == "summary" and records[-1]["sparsity"] == metrics["sparsity"]
