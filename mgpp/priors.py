@@ -268,13 +268,6 @@ class Laplace(Prior):
     def grad(self, theta: Tensor) -> Tensor:
         return torch.sign(theta) / self.scale
 
-    @torch.no_grad()
-    def add_grad_(self, params: Sequence[Tensor], grads: Sequence[Tensor], scale: float) -> None:
-        if scale == 0:
-            return
-        for part in _buckets(params):
-            _add_(grads[part], [torch.sign(p) for p in _as_fp32(params[part])], scale / self.scale)
-
 
 @dataclass(frozen=True)
 class NoPrior(Prior):

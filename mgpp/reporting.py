@@ -4,7 +4,7 @@ histogram of the remaining nonzero target weights and the per-layer sparsity tab
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -18,31 +18,39 @@ __all__ = ["weight_histogram", "log_magnitude_histogram", "layer_table", "Report
 LAYER_COLUMNS = ("parameter", "weights", "zeros", "sparsity")
 
 
+def _max_abs(params: Sequence[Tensor]) -> float:
+    return float(torch.stack(torch._foreach_norm([p.detach().float() for p in params], float("inf"))).max())
+
+
 @torch.no_grad()
-def weight_histogram(params: Sequence[Tensor], bins: int = 64) -> Histogram:
-    """Histogram of the nonzero entries of ``params`` over [-max|w|, max|w|], binned on their device."""
+def _nonzero_histogram(params: Sequence[Tensor], bins: int, lo: float, hi: float,
+                       transform: Callable[[Tensor], Tensor]) -> Histogram:
+    """Histogram over ``[lo, hi]`` of ``transform`` of the nonzero entries of ``params``, binned on their device."""
     device = params[0].device
-    limit = float(torch.stack(torch._foreach_norm([p.detach().float() for p in params], float("inf"))).max())
-    limit = limit if limit > 0 else 1.0
     counts = torch.zeros(bins, dtype=torch.float64, device=device)
     stats = torch.zeros(3, dtype=torch.float64, device=device)  # num, sum, sum of squares
     low, high = torch.tensor(float("inf")), torch.tensor(float("-inf"))
     for p in params:
         values = p.detach().float()
-        values = values[values != 0]
+        values = transform(values[values != 0])
         if values.numel() == 0:
             continue
-        counts += torch.histc(values, bins=bins, min=-limit, max=limit).double()
+        counts += torch.histc(values, bins=bins, min=lo, max=hi).double()
         stats += torch.stack([torch.tensor(values.numel(), device=device, dtype=torch.float64),
                               values.double().sum(), values.double().square().sum()])
         low, high = torch.minimum(low, values.min().cpu()), torch.maximum(high, values.max().cpu())
     num, total, squares = stats.tolist()
-    edges = torch.linspace(-limit, limit, bins + 1).tolist()
+    edges = torch.linspace(lo, hi, bins + 1).tolist()
     return Histogram(counts=[int(c) for c in counts.tolist()], edges=edges, num=int(num), sum=total,
                      sum_squares=squares, min=float(low) if num else 0.0, max=float(high) if num else 0.0)
 
 
-@torch.no_grad()
+def weight_histogram(params: Sequence[Tensor], bins: int = 64) -> Histogram:
+    """Histogram of the nonzero entries of ``params`` over [-max|w|, max|w|]."""
+    limit = _max_abs(params) or 1.0
+    return _nonzero_histogram(params, bins, -limit, limit, lambda values: values)
+
+
 def log_magnitude_histogram(params: Sequence[Tensor], bins: int = 64, low: float = 1e-8) -> Histogram:
     """Histogram of ``log10 |w|`` over the nonzero entries of ``params``, on ``[log10 low, log10 max|w|]``.
 
@@ -50,26 +58,8 @@ def log_magnitude_histogram(params: Sequence[Tensor], bins: int = 64, low: float
     far the survivors of pruning sit from zero, the comparison of the paper's Fig. 2a. Edges and
     statistics are in log10 units; magnitudes below ``low`` count in the first bin.
     """
-    device = params[0].device
-    high = float(torch.stack(torch._foreach_norm([p.detach().float() for p in params], float("inf"))).max())
-    lo, hi = math.log10(low), math.log10(max(high, low * 10))
-    counts = torch.zeros(bins, dtype=torch.float64, device=device)
-    stats = torch.zeros(3, dtype=torch.float64, device=device)
-    smallest = float("inf")
-    for p in params:
-        values = p.detach().float().abs()
-        values = values[values != 0]
-        if values.numel() == 0:
-            continue
-        smallest = min(smallest, float(values.min()))
-        logs = values.clamp_min(low).log10()
-        counts += torch.histc(logs, bins=bins, min=lo, max=hi).double()
-        stats += torch.stack([torch.tensor(logs.numel(), device=device, dtype=torch.float64),
-                              logs.double().sum(), logs.double().square().sum()])
-    num, total, squares = stats.tolist()
-    edges = torch.linspace(lo, hi, bins + 1).tolist()
-    return Histogram(counts=[int(c) for c in counts.tolist()], edges=edges, num=int(num), sum=total,
-                     sum_squares=squares, min=math.log10(max(smallest, low)) if num else 0.0, max=hi if num else 0.0)
+    hi = math.log10(max(_max_abs(params), low * 10))
+    return _nonzero_histogram(params, bins, math.log10(low), hi, lambda values: values.abs().clamp_min(low).log10())
 
 
 def layer_table(pruning: PruningCallback) -> list[list]:
