@@ -10,7 +10,7 @@ import csv
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,7 +59,6 @@ class Row:
     paper: list[float] | None = None
     paper_table: str | None = None
     unfinished: int = 0
-    runs: list[Run] = field(default_factory=list, repr=False)
 
     @property
     def n(self) -> int:
@@ -111,7 +110,7 @@ def summarize(runs: Sequence[Run], by: Sequence[str] = ()) -> list[Row]:
             achieved_sparsity=statistics.fmean(float(r.metrics.get("sparsity", 0.0)) for r in done),
             wall_time_s=statistics.fmean(float(r.metrics.get("wall_time_s", math.nan)) for r in done),
             paper=_paper_numbers(done[0], task, method, 0.0 if dense else sparsity),
-            paper_table=done[0].get("paper.table"), unfinished=len(members) - len(done), runs=done,
+            paper_table=done[0].get("paper.table"), unfinished=len(members) - len(done),
         ))
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (r.experiment, r.sparsity, order.get(r.method, len(order)), r.method, str(r.by), r.task))
