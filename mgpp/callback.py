@@ -3,10 +3,13 @@
 Per optimizer step ``t`` (1-based), in the Trainer's own order:
 
 1. backward, gradient clipping (and fp16 unscaling) by the Trainer;
-2. ``on_pre_optimizer_step``: ``grad += eta(t)/n * prior.grad(theta)`` on the target weights;
+2. ``on_pre_optimizer_step``: ``grad += eta(t)/n * prior.grad(theta)`` on the target weights
+   (fp16 gradients still carrying the loss scale, e.g. with ``max_grad_norm=0`` on older
+   Trainers, are unscaled first, so the prior never meets a scaled gradient);
 3. ``optimizer.step()``;
 4. ``on_optimizer_step``: prune to ``sparsity(t)`` if the schedule says so, freeze or
-   re-apply a fixed mask.
+   re-apply a fixed mask. Just before each prune, the weights the previous prune zeroed are
+   measured (``pruning/regrowth_*``): how far AdamW carried them off zero in between.
 
 The callback never asks which method it runs: every decision comes from the
 method's prior, schedule and pruner.
@@ -18,6 +21,7 @@ import logging
 import math
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from .methods import PruningMethod
@@ -37,9 +41,11 @@ class PruningCallback(TrainerCallback):
         method: prior, schedule, pruner and target selector to use.
         train_size: ``n`` of Eq. 5, the number of training examples; the prior
             gradient is scaled by ``eta(t) / n`` as the log-posterior is a sum over them.
+        track_regrowth: keep which weights each prune zeroed (one byte per target weight)
+            to measure their regrowth before the next prune; off for the largest models.
     """
 
-    def __init__(self, method: PruningMethod, train_size: int):
+    def __init__(self, method: PruningMethod, train_size: int, track_regrowth: bool = True):
         if isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1:
             raise ValueError(f"train_size must be the positive number of training examples, got {train_size!r}")
         self.method = method
@@ -53,11 +59,16 @@ class PruningCallback(TrainerCallback):
         self.kept_min: float | None = None  # smallest surviving |theta| right after the last prune
         self.prior = method.prior
         self.prior_weight = 0.0
+        self.track_regrowth = track_regrowth
+        self._zeroed: list | None = None  # per target tensor: True where the last prune left a zero
+        self.regrowth: dict[str, float] = {}
+        self.trainer = None
 
     # -- setup -------------------------------------------------------------------------------
     def attach(self, trainer) -> "PruningCallback":
         """Register on ``trainer`` ahead of the reporting callbacks, so W&B & co. see the pruning metrics."""
         trainer.callback_handler.callbacks.insert(0, self)
+        self.trainer = trainer  # its accelerator unscales fp16 gradients before the prior is added
         return self
 
     def setup(self, model, total_steps: int, completed_steps: int = 0) -> None:
@@ -95,14 +106,48 @@ class PruningCallback(TrainerCallback):
         self.step = t
         params = self.targets.params
         if self.schedule.prunes_at(t):
+            if self._zeroed is not None:
+                self.regrowth = self.measure_regrowth()
             self.threshold = self.method.pruner.prune_(params, self.schedule.sparsity(t)).threshold
             self.last_prune_step = t
+            if self.track_regrowth:
+                self._zeroed = [p.detach() == 0 for p in params]
         if self.schedule.fixes_mask_at(t):
             self.mask = FixedMask(params)
         if self.mask is not None:
             self.mask.apply_(params)
 
+    @torch.no_grad()
+    def measure_regrowth(self) -> dict[str, float]:
+        """Mean and max |theta| (and the fraction that is nonzero) of the weights the previous
+        prune zeroed, now: what the optimizer's momentum made of them since."""
+        total, count, largest, moved = 0.0, 0, 0.0, 0
+        for p, zeroed in zip(self.targets.params, self._zeroed):
+            magnitude = torch.where(zeroed, p.detach().abs(), 0).float()
+            total += float(magnitude.sum(dtype=torch.float64))
+            count += int(zeroed.sum())
+            moved += int((magnitude > 0).sum())
+            largest = max(largest, float(magnitude.max()) if magnitude.numel() else 0.0)
+        return {"regrowth_mean": total / max(count, 1), "regrowth_max": largest,
+                "regrowth_nonzero_fraction": moved / max(count, 1)}
+
+    def _unscale_fp16_gradients(self) -> None:
+        """Unscale fp16 gradients that still carry the loss scale (Trainer versions that unscale only
+        when they clip). Adding the prior to scaled gradients would divide its strength by the scale."""
+        accelerator = getattr(self.trainer, "accelerator", None)
+        scaler = getattr(accelerator, "scaler", None)
+        if scaler is None or not scaler.is_enabled() or self.trainer.optimizer is None:
+            return
+        from torch.amp.grad_scaler import OptState
+
+        optimizer = self.trainer.optimizer
+        while hasattr(optimizer, "optimizer"):  # accelerate's AcceleratedOptimizer wraps the torch one
+            optimizer = optimizer.optimizer
+        if scaler._per_optimizer_states[id(optimizer)]["stage"] is not OptState.UNSCALED:
+            accelerator.unscale_gradients()
+
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._unscale_fp16_gradients()
         self.add_prior_grad(state.global_step + 1)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
@@ -134,6 +179,8 @@ class PruningCallback(TrainerCallback):
             # The prior's term of the per-example loss, eta/n * sum(-log pi(theta)), measured
             # from the all-zero model (see Prior.penalty).
             PREFIX + "prior_penalty": scale * self.prior.penalty(params) if self.prior.active else 0.0,
+            # how far the weights zeroed by the previous prune had regrown before the latest one
+            **{PREFIX + k: v for k, v in self.regrowth.items()},
         }
 
     def layer_sparsity(self) -> dict[str, float]:

@@ -55,7 +55,7 @@ class ModelConfig:
 class TrainerConfig:
     """The ``TrainingArguments`` a run sets; anything else goes in ``extra``."""
 
-    learning_rate: float = 2e-5
+    learning_rate: float = 5e-5
     per_device_train_batch_size: int = 32
     per_device_eval_batch_size: int = 64
     num_train_epochs: float = 3.0
@@ -65,6 +65,12 @@ class TrainerConfig:
     weight_decay: float = 0.0
     lr_scheduler_type: str = "linear"
     optim: str = "adamw_torch"
+    #: AdamW's moments and epsilon. They decide what Adam makes of the prior's spike (README,
+    #: "The optimizer matters"); the paper's experiment files use the authors' 0.98 and 1e-6.
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    #: gradient-norm clipping of the loss gradient (0: none); the prior is added after it
     max_grad_norm: float = 1.0
     gradient_accumulation_steps: int = 1
     eval_strategy: str = "steps"
@@ -72,7 +78,7 @@ class TrainerConfig:
     save_strategy: str = "no"
     save_steps: Optional[float] = 500
     save_total_limit: Optional[int] = 2
-    logging_steps: float = 50
+    logging_steps: float = 10
     bf16: bool = False
     fp16: bool = False
     dataloader_num_workers: int = 0
@@ -96,6 +102,8 @@ class ReportConfig:
     #: histogram of nonzero target weights and per-layer sparsity table every N steps (0: never)
     histogram_every: int = 100
     histogram_bins: int = 64
+    #: log pruning/regrowth_*: remembers which weights each prune zeroed (1 byte per target weight)
+    regrowth: bool = True
 
 
 @dataclass

@@ -10,7 +10,7 @@ dense     NoPrior                NoPruning
 gmp       NoPrior                CubicSparsity (gradual magnitude pruning)
 l2        L2(sigma1_sq)          CubicSparsity
 mgpp      MixtureGaussian        CubicSparsity (Algorithm 1)
-pa        MixtureGaussian        PriorAnnealing (one-shot prune, then a fixed mask)
+pa        MixtureGaussian        PriorAnnealing (one-shot prune, then the loss only, mask fixed)
 ========  =====================  ======================================================
 """
 
@@ -21,7 +21,7 @@ from typing import Callable
 
 from .priors import L2, MixtureGaussian, NoPrior, Prior
 from .pruning import GlobalPruner, TargetSelector
-from .schedules import CubicSparsity, NoPruning, PriorAnnealing, Schedule, Step
+from .schedules import PA_SIGMA0_SQ_FINAL, CubicSparsity, NoPruning, PriorAnnealing, Schedule, Step
 
 __all__ = ["PruningMethod", "dense", "gmp", "l2", "mgpp", "pa", "PRESETS", "preset"]
 
@@ -77,10 +77,13 @@ def pa(
     t_f: Step = 0.7,
     t_i: Step = 0,
     sigma0_sq_init: float | None = None,
+    sigma0_sq_final: float = PA_SIGMA0_SQ_FINAL,
 ) -> PruningMethod:
-    """Prior annealing: sigma0_sq annealed down to ``sigma0_sq``, one-shot prune at ``t_f``, fixed mask after."""
+    """Prior annealing: sigma0_sq annealed down to ``sigma0_sq_final``, one-shot prune at ``t_f``, then
+    loss-only training under the fixed mask (``sigma0_sq`` is the prior's, unused by the annealing)."""
     return PruningMethod(
-        MixtureGaussian(lam, sigma0_sq, sigma1_sq), PriorAnnealing(sparsity, t_f, t_i, sigma0_sq_init)
+        MixtureGaussian(lam, sigma0_sq, sigma1_sq),
+        PriorAnnealing(sparsity, t_f, t_i, sigma0_sq_init, sigma0_sq_final),
     )
 
 

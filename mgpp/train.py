@@ -187,7 +187,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     train_set, eval_sets = task.datasets(tokenizer, cfg.data_dir, cfg.max_train_samples, cfg.max_eval_samples,
                                          cfg.seed)
     trainer = task.make_trainer(model, _training_arguments(cfg, run_dir, task), train_set, eval_sets, tokenizer)
-    pruning = PruningCallback(method, train_size=cfg.train_size or len(train_set)).attach(trainer)
+    train_size = cfg.train_size or len(train_set)
+    if cfg.max_train_samples is not None and cfg.train_size is None and method.prior.active:
+        log.warning("max_train_samples=%d: the prior is scaled by 1/n with n=%d, the subset's size; set "
+                    "train_size=<the full training set's size> to give it the strength it has on the full set",
+                    cfg.max_train_samples, train_size)
+    pruning = PruningCallback(method, train_size=train_size, track_regrowth=cfg.report.regrowth).attach(trainer)
     loggers = _build_loggers(cfg, run_dir, resolved, checkpoint is not None) if trainer.is_world_process_zero() else Loggers([])
     reporting = ReportingCallback(loggers, pruning, cfg.report.histogram_every, cfg.report.histogram_bins)
     trainer.add_callback(reporting)
@@ -197,7 +202,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = task.evaluate(trainer, eval_sets)
     final_step = trainer.state.global_step
     metrics |= {"sparsity": pruning.targets.sparsity(), "target_sparsity": pruning.schedule.final_sparsity,
-                "train_steps": final_step, "train_examples": len(train_set),
+                "train_steps": final_step, "train_examples": len(train_set), "train_size": train_size,
                 "wall_time_s": round(time.time() - start, 1)}
 
     if trainer.is_world_process_zero():

@@ -104,6 +104,51 @@ def test_pa_keeps_pruned_weights_at_zero_after_one_shot_prune(tmp_path):
     assert sum(int(m.sum()) for m in pruned_at_tf) == num_to_prune(0.7, pruning.targets.numel)
     for t in range(11, STEPS + 1):  # the mask is fixed: exactly the same weights are zero
         assert all(torch.equal(a, b) for a, b in zip(masks[t], pruned_at_tf)), t
+    # the prior acts while annealing and is off in the retraining (paper line 102: the loss only)
+    logged = {h["step"]: h for h in trainer.state.log_history if "pruning/prior_weight" in h}
+    assert logged[6]["pruning/prior_weight"] == 1.0 and logged[6]["pruning/prior_penalty"] > 0
+    assert [logged[t]["pruning/prior_weight"] for t in (12, 18, 24)] == [0.0, 0.0, 0.0]
+    assert all(logged[t]["pruning/prior_penalty"] == 0.0 for t in (12, 18, 24))
+
+
+def test_pa_retraining_adds_no_prior_gradient():
+    method = preset("pa", sparsity=0.5, t_f=10, sigma0_sq=1e-6, sigma1_sq=0.05, lam=1e-4)
+    model = tiny_bert()
+    pruning = PruningCallback(method, train_size=N)
+    pruning.setup(model, total_steps=20)
+    for t, expect_prior in ((10, True), (11, False), (20, False)):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        pruning.add_prior_grad(t)
+        assert any(bool(p.grad.abs().sum() > 0) for p in pruning.targets.params) == expect_prior, t
+
+
+def test_regrowth_measures_the_weights_the_previous_prune_zeroed():
+    method = preset("gmp", sparsity=0.5, t_i=2, t_f=20, prune_every=4)
+    model = tiny_bert()
+    pruning = PruningCallback(method, train_size=N)
+    pruning.setup(model, total_steps=30)
+    pruning.prune(6)  # first prune of the ramp
+    zeroed = [p.detach() == 0 for p in pruning.targets.params]
+    assert sum(int(z.sum()) for z in zeroed) > 0 and pruning.regrowth == {}
+    with torch.no_grad():  # "the optimizer" moves every zeroed weight by -0.01, one of them by 0.5
+        for p, z in zip(pruning.targets.params, zeroed):
+            p[z] = -0.01
+        first = pruning.targets.params[0]
+        first[zeroed[0]] = torch.where(torch.arange(int(zeroed[0].sum())) == 0, 0.5, -0.01)
+    pruning.prune(7)  # not a pruning step: nothing measured
+    assert pruning.regrowth == {}
+    pruning.prune(10)
+    count = sum(int(z.sum()) for z in zeroed)
+    assert pruning.regrowth["regrowth_max"] == pytest.approx(0.5)
+    assert pruning.regrowth["regrowth_mean"] == pytest.approx(((count - 1) * 0.01 + 0.5) / count, rel=1e-6)
+    assert pruning.regrowth["regrowth_nonzero_fraction"] == 1.0
+    assert pruning.metrics()["pruning/regrowth_max"] == pytest.approx(0.5)
+    untracked = PruningCallback(method, train_size=N, track_regrowth=False)
+    untracked.setup(tiny_bert(), total_steps=30)
+    untracked.prune(6)
+    untracked.prune(10)
+    assert untracked.regrowth == {} and untracked._zeroed is None
 
 
 def test_mgpp_pruned_weights_may_regrow_between_prunes(tmp_path):

@@ -43,7 +43,8 @@ def test_figure1_curves_are_the_priors_penalties():
     assert x.max() > priors["MGP"].crossover()
 
 
-PAPER = {"table": "Table 9", "results": {"mrpc": {"mgpp": {"0.9": [80.0, 85.0]}}}}
+PAPER = {"table": "Table 9", "metrics": {"mrpc": ["acc", "f1"]},
+         "results": {"mrpc": {"mgpp": {"0.9": [80.0, 85.0]}, "losparse": {"0.9": [78.0, "N.A."]}}}}
 
 
 def fake_run(root, method, seed, acc, f1, sparsity=0.9):
@@ -93,9 +94,18 @@ def test_tables_average_seeds_and_put_the_paper_beside(tmp_path):
 
     markdown = to_markdown(list(rows.values()))
     assert "| 90% | mgpp | 82.0±2.0/87.0±1.0 | 3 |" in markdown
-    assert "| 90% | mgpp (paper) | 80/85 | |" in markdown
-    to_csv(list(rows.values()), tmp_path / "results.csv")
+    assert "| 90% | mgpp (paper) | 80.0/85.0 | |" in markdown
+    # with the paper's cells given, its baselines get rows of their own, N.A. kept as such
+    from mgpp.report.tables import cells_from_runs
+
+    cells = cells_from_runs(runs)
+    full = to_markdown(list(rows.values()), cells)
+    assert "| 90% | losparse (paper) | 78.0/N.A. | |" in full
+    assert full.index("losparse (paper)") < full.index("| 90% | mgpp |") < full.index("mgpp (paper)")
+    to_csv(list(rows.values()), tmp_path / "results.csv", cells)
     lines = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert [(r["metric"], r["paper"], r["n"]) for r in lines if r["method"] == "losparse"] == [
+        ("acc", "78.0", "0"), ("f1", "N.A.", "0")]
     mgpp_acc = next(r for r in lines if r["method"] == "mgpp" and r["metric"] == "accuracy")
     assert float(mgpp_acc["mean"]) == pytest.approx(82.0) and float(mgpp_acc["std"]) == pytest.approx(2.0)
     assert mgpp_acc["paper"] == "80.0" and mgpp_acc["n"] == "3"

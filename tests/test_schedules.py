@@ -67,25 +67,39 @@ def test_no_pruning():
     assert not any(s.prunes_at(t) for t in range(100)) and s.sparsity(50) == 0.0
 
 
-def test_prior_annealing_calibrates_and_anneals():
+def test_prior_annealing_calibrates_anneals_to_its_own_end_and_then_retrains_on_the_loss():
     torch.manual_seed(0)
     params = [torch.randn(64, 64) * 0.05, torch.randn(200) * 0.05]
-    prior = MixtureGaussian(1e-7, 1e-10, 0.05)
-    pa = PriorAnnealing(final_sparsity=0.8, t_f=80).bind(100, prior, params, GlobalPruner())
+    prior = MixtureGaussian(1e-7, 1e-10, 0.05)  # MGPP's spike; PA ends at its own sigma0_sq_final
+    pa = PriorAnnealing(final_sparsity=0.8, t_f=80, sigma0_sq_final=1e-6).bind(100, prior, params, GlobalPruner())
     init_prior = pa.prior_at(0, prior)
     mags = torch.cat([p.abs().view(-1) for p in params])
     below = (mags < init_prior.crossover()).float().mean().item()
     assert below == pytest.approx(0.8, abs=1e-3)  # fraction below the initial crossover ~ target
-    assert pa.sigma0_sq_init > prior.sigma0_sq
-    # linear in sigma0_sq from init (t_i=0) to the prior's sigma0_sq (t_f)
-    assert pa.prior_at(40, prior).sigma0_sq == pytest.approx(0.5 * (pa.sigma0_sq_init + prior.sigma0_sq))
-    assert pa.prior_at(80, prior).sigma0_sq == prior.sigma0_sq
-    assert pa.prior_at(95, prior).sigma0_sq == prior.sigma0_sq
+    assert pa.sigma0_sq_init > pa.sigma0_sq_final
+    # linear in sigma0_sq from init (t_i=0) to sigma0_sq_final (t_f), never to MGPP's 1e-10
+    assert pa.prior_at(40, prior).sigma0_sq == pytest.approx(0.5 * (pa.sigma0_sq_init + 1e-6))
+    assert pa.prior_at(80, prior).sigma0_sq == 1e-6
+    assert pa.prior_at(80, prior).lam == prior.lam and pa.prior_at(80, prior).sigma1_sq == prior.sigma1_sq
     crossovers = [pa.prior_at(t, prior).crossover() for t in range(0, 81, 10)]
     assert crossovers == sorted(crossovers, reverse=True)
     assert [t for t in range(1, 101) if pa.prunes_at(t)] == [80]
     assert [t for t in range(1, 101) if pa.fixes_mask_at(t)] == [80]
     assert pa.sparsity(79) == 0.0 and pa.sparsity(80) == 0.8 and pa.sparsity(100) == 0.8
+    # the prior acts up to the prune and is off in the fixed-mask retraining (paper line 102)
+    assert [pa.prior_weight(t) for t in (1, 79, 80, 81, 100)] == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_prior_annealing_final_spike_must_lie_below_start_and_slab():
+    params = [torch.randn(64, 64) * 0.05]
+    with pytest.raises(ValueError, match="sigma0_sq_final"):
+        PriorAnnealing(0.8, t_f=80, sigma0_sq_final=0.1).bind(100, MixtureGaussian(1e-7, 1e-10, 0.05), params,
+                                                              GlobalPruner())
+    with pytest.raises(ValueError, match="sigma0_sq_final"):
+        PriorAnnealing(0.8, t_f=80, sigma0_sq_final=-1.0)
+    with pytest.raises(ValueError, match="below the final spike variance"):
+        PriorAnnealing(0.8, t_f=80, sigma0_sq_init=1e-8, sigma0_sq_final=1e-6).bind(
+            100, MixtureGaussian(1e-7, 1e-10, 0.05), params, GlobalPruner())
 
 
 def test_calibrate_sigma0_sq_inverts_crossover():

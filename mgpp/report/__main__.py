@@ -2,6 +2,8 @@
 
 Examples::
 
+    python -m mgpp.report experiments/table6_ablation.yaml                 # the paper's table alone
+    python -m mgpp.report experiments/table1_deberta_glue.yaml outputs/experiments/table1_deberta_glue
     python -m mgpp.report outputs/experiments/table1_deberta_glue --out reports/table1
     python -m mgpp.report outputs/sweeps/sensitivity_lam --by prior.lam
     python -m mgpp.report --wandb my-team/mgpp --wandb-group table1_deberta_glue --out reports/table1
@@ -17,7 +19,9 @@ from pathlib import Path
 
 from . import figures
 from .runs import find_runs, wandb_runs
-from .tables import summarize, to_csv, to_markdown
+from .tables import cells_from_runs, load_experiment_paper, summarize, to_csv, to_markdown
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 log = logging.getLogger("mgpp.report")
 
@@ -25,7 +29,9 @@ log = logging.getLogger("mgpp.report")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m mgpp.report", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="*", help="run folders or sweep folders (searched recursively)")
+    p.add_argument("paths", nargs="*",
+                   help="run or sweep folders (searched recursively), and experiment files (experiments/<name>.yaml, "
+                        "or just <name>) whose paper numbers to print beside the runs")
     p.add_argument("--out", default="report", help="output folder (default: ./report)")
     p.add_argument("--by", nargs="*", default=[], metavar="KEY",
                    help="extra config keys to group by, e.g. prior.lam for a sensitivity sweep")
@@ -42,10 +48,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def split_inputs(paths) -> tuple[list[Path], list[Path]]:
+    """Run/sweep folders, and experiment files: a ``.yaml`` path, or the stem of one in experiments/."""
+    folders, files = [], []
+    for raw in paths:
+        path = Path(raw)
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            files.append(path)
+        elif not path.exists() and (EXPERIMENTS / f"{raw}.yaml").is_file():
+            files.append(EXPERIMENTS / f"{raw}.yaml")
+        else:
+            folders.append(path)  # find_runs names a missing folder
+    return folders, files
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    runs = find_runs(args.paths)
+    folders, experiment_files = split_inputs(args.paths)
+    runs = find_runs(folders)
     if args.wandb:
         runs += wandb_runs(args.wandb, {"group": args.wandb_group} if args.wandb_group else None)
     finished = [r for r in runs if r.finished]
@@ -53,9 +74,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    rows = summarize(runs, by=args.by)
-    markdown = to_markdown(rows)
-    to_csv(rows, out / "results.csv")
+    paper = [c for f in experiment_files for c in load_experiment_paper(f)]
+    named = {c.experiment for c in paper}
+    paper += [c for c in cells_from_runs(runs) if c.experiment not in named]
+    rows = summarize(runs, by=args.by, paper=paper)
+    markdown = to_markdown(rows, paper)
+    to_csv(rows, out / "results.csv", paper)
 
     figure_lines = []
     if not args.no_figures:

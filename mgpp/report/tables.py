@@ -1,7 +1,9 @@
 """Runs grouped into the paper's table layout: mean ± std over seeds, the paper's numbers beside.
 
 A group is (experiment, task, method, sparsity, any ``--by`` keys); its seeds are averaged.
-Metric values are shown in percent like the paper (SQuAD's EM/F1 already are).
+Metric values are shown in percent like the paper (SQuAD's EM/F1 already are). The paper's
+cells come from the experiment files' ``paper`` blocks, including the baselines only the
+paper ran (MvP, ITP, LoSparse, Lead-3), which get paper-only rows.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from typing import Any, Sequence
 
 from .runs import Run
 
-__all__ = ["Row", "metric_columns", "summarize", "to_markdown", "to_csv"]
+__all__ = ["Row", "PaperCell", "metric_columns", "summarize", "paper_cells", "load_experiment_paper",
+           "cells_from_runs", "to_markdown", "to_csv"]
 
 GROUP_KEYS = ("task.name", "method.name", "sparsity")
-#: the order methods appear in a table (others follow, alphabetically)
-METHOD_ORDER = ("dense", "gmp", "l2", "pa", "mgpp")
+#: the order methods appear in a table (others follow, alphabetically): the paper's references and
+#: baselines first (Lead-3, dense, MvP, ITP, LoSparse), then ours, MGPP last as in the paper
+METHOD_ORDER = ("lead3", "dense", "mvp", "itp", "losparse", "gmp", "l2", "pa", "mgpp")
+#: how the paper writes "non-convergence of the model" (Table 1); kept as such, never a number
+NOT_CONVERGED = "N.A."
 
 
 def metric_columns(task: dict) -> list[tuple[str, str]]:
@@ -56,7 +62,7 @@ class Row:
     seeds: list[int]
     achieved_sparsity: float
     wall_time_s: float
-    paper: list[float] | None = None
+    paper: list[float | None] | None = None  # None: the paper's N.A.
     paper_table: str | None = None
     unfinished: int = 0
 
@@ -71,20 +77,86 @@ class Row:
         return "/".join(parts)
 
     def paper_cell(self) -> str:
-        return "/".join(f"{v:g}" for v in self.paper) if self.paper else ""
+        return _paper_text(self.paper) if self.paper else ""
 
 
-def _paper_numbers(run: Run, task: str, method: str, sparsity: float) -> list[float] | None:
-    results = (run.get("paper.results") or {}).get(task) or {}
-    by_sparsity = results.get(method) or {}
-    for key, values in by_sparsity.items():
-        if _sparsity_key(key) == _sparsity_key(sparsity):
-            return [float(v) for v in (values if isinstance(values, list) else [values])]
+def _paper_text(values: Sequence[float | None], digits: int = 1) -> str:
+    return "/".join(NOT_CONVERGED if v is None else f"{v:.{digits}f}" for v in values)
+
+
+def _paper_value(value: Any) -> float | None:
+    if isinstance(value, str) and value.strip() == NOT_CONVERGED:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"a paper cell holds numbers or {NOT_CONVERGED!r}, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class PaperCell:
+    """One cell of a paper table, as an experiment file's ``paper.results`` gives it."""
+
+    experiment: str
+    task: str
+    method: str
+    sparsity: float
+    values: list[float | None]  # percent; None: N.A. (did not converge)
+    labels: list[str]
+    table: str | None = None
+    digits: int = 1  # decimals the paper prints (Table 4: 2)
+
+
+def paper_cells(experiment: str, block: dict | None) -> list[PaperCell]:
+    """Every cell of an experiment file's ``paper`` block (``results: task -> method -> sparsity -> values``)."""
+    if not block:
+        return []
+    labels = block.get("metrics") or {}
+    cells = []
+    for task, by_method in (block.get("results") or {}).items():
+        for method, by_sparsity in (by_method or {}).items():
+            for sparsity, values in (by_sparsity or {}).items():
+                values = values if isinstance(values, list) else [values]
+                cells.append(PaperCell(experiment, task, method, float(sparsity), [_paper_value(v) for v in values],
+                                       list(labels.get(task) or []), block.get("table"),
+                                       int(block.get("digits", 1))))
+    return cells
+
+
+def load_experiment_paper(path: str | Path) -> list[PaperCell]:
+    """The paper cells of an experiment file (``experiments/<name>.yaml``), without composing it."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f) or {}
+    return paper_cells(doc.get("experiment_name") or Path(path).stem, doc.get("paper"))
+
+
+def cells_from_runs(runs: Sequence[Run]) -> list[PaperCell]:
+    """The paper cells carried by the runs' configs, one block per experiment."""
+    seen, cells = set(), []
+    for run in runs:
+        experiment = run.get("experiment_name", "default")
+        if experiment not in seen and run.get("paper"):
+            seen.add(experiment)
+            cells += paper_cells(experiment, run.get("paper"))
+    return cells
+
+
+def _paper_numbers(cells: Sequence[PaperCell], experiment: str, task: str, method: str,
+                   sparsity: float) -> list[float | None] | None:
+    for c in cells:
+        if (c.experiment, c.task, c.method, _sparsity_key(c.sparsity)) == (experiment, task, method,
+                                                                           _sparsity_key(sparsity)):
+            return c.values
     return None
 
 
-def summarize(runs: Sequence[Run], by: Sequence[str] = ()) -> list[Row]:
-    """Group finished runs; unfinished ones are counted per group but not averaged."""
+def summarize(runs: Sequence[Run], by: Sequence[str] = (), paper: Sequence[PaperCell] | None = None) -> list[Row]:
+    """Group finished runs; unfinished ones are counted per group but not averaged.
+
+    ``paper``: the paper's cells to put beside each row (default: those the runs' configs carry).
+    """
+    paper = cells_from_runs(runs) if paper is None else paper
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         key = (run.get("experiment_name", "default"), *(run.get(k) for k in GROUP_KEYS),
@@ -109,7 +181,7 @@ def summarize(runs: Sequence[Run], by: Sequence[str] = ()) -> list[Row]:
             seeds=sorted(int(r.get("seed", 0)) for r in done),
             achieved_sparsity=statistics.fmean(float(r.metrics.get("sparsity", 0.0)) for r in done),
             wall_time_s=statistics.fmean(float(r.metrics.get("wall_time_s", math.nan)) for r in done),
-            paper=_paper_numbers(done[0], task, method, 0.0 if dense else sparsity),
+            paper=_paper_numbers(paper, experiment, task, method, 0.0 if dense else sparsity),
             paper_table=done[0].get("paper.table"), unfinished=len(members) - len(done),
         ))
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
@@ -122,40 +194,61 @@ def _method_label(row: Row) -> str:
     return f"{row.method} ({extra})" if extra else row.method
 
 
-def to_markdown(rows: Sequence[Row]) -> str:
+def _method_rank(method: str) -> tuple[int, str]:
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return order.get(method, len(order)), method
+
+
+def to_markdown(rows: Sequence[Row], paper: Sequence[PaperCell] = ()) -> str:
     """One table per experiment: a row per (sparsity, method), a column per task; cells are
-    ``mean±std`` over seeds (metrics joined by ``/``); a ``paper`` row follows where the
-    experiment file carries the paper's numbers."""
+    ``mean±std`` over seeds (metrics joined by ``/``). The paper's row (``<method> (paper)``)
+    follows ours, and methods only the paper ran (its baselines) get a paper row of their own.
+    Without ``paper``, the numbers the rows carry are shown beside them."""
+    paper = list(paper) or [PaperCell(r.experiment, r.task, r.method, r.sparsity, r.paper, r.labels, r.paper_table)
+                            for r in rows if r.paper]
     out = []
-    for experiment in dict.fromkeys(r.experiment for r in rows):
+    experiments = dict.fromkeys([*(r.experiment for r in rows), *(c.experiment for c in paper)])
+    for experiment in experiments:
         mine = [r for r in rows if r.experiment == experiment]
-        tasks = list(dict.fromkeys(r.task for r in mine))
-        table = next((r.paper_table for r in mine if r.paper_table), None)
+        cells = [c for c in paper if c.experiment == experiment]
+        tasks = list(dict.fromkeys([*(c.task for c in cells), *(r.task for r in mine)]))
+        labels = {c.task: c.labels for c in cells if c.labels} | {r.task: r.labels for r in mine}
+        table = next((x for x in [*(r.paper_table for r in mine), *(c.table for c in cells)] if x), None)
+        digits = max([1, *(c.digits for c in cells)])
         out.append(f"## {experiment}" + (f" (paper {table})" if table else ""))
         out.append("")
-        header = ["sparsity", "method", *[f"{t} ({'/'.join(next(r.labels for r in mine if r.task == t))})"
-                                          for t in tasks], "seeds"]
+        header = ["sparsity", "method", *[f"{t} ({'/'.join(labels.get(t, []))})" for t in tasks], "seeds"]
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
-        lines = dict.fromkeys((r.sparsity, _method_label(r), r.method) for r in mine)
-        for sparsity, label, method in lines:
-            cells = {r.task: r for r in mine if r.sparsity == sparsity and _method_label(r) == label}
-            seeds = sorted({r.n for r in cells.values()})
-            ours = [cells[t].cell() if t in cells else "" for t in tasks]
-            out.append(f"| {sparsity:.0%} | {label} | " + " | ".join(ours) + f" | {'/'.join(map(str, seeds))} |")
-            if any(c.paper for c in cells.values()):
-                paper = [cells[t].paper_cell() if t in cells else "" for t in tasks]
-                out.append(f"| {sparsity:.0%} | {method} (paper) | " + " | ".join(paper) + " | |")
+        keys = {(r.sparsity, r.method) for r in mine} | {(c.sparsity, c.method) for c in cells}
+        for sparsity, method in sorted(keys, key=lambda k: (k[0], _method_rank(k[1]))):
+            ours = [r for r in mine if r.sparsity == sparsity and r.method == method]
+            for label in dict.fromkeys(_method_label(r) for r in ours):
+                by_task = {r.task: r for r in ours if _method_label(r) == label}
+                seeds = sorted({r.n for r in by_task.values()})
+                line = [by_task[t].cell(digits) if t in by_task else "" for t in tasks]
+                out.append(f"| {sparsity:.0%} | {label} | " + " | ".join(line) + f" | {'/'.join(map(str, seeds))} |")
+            theirs = {c.task: c for c in cells if c.sparsity == sparsity and c.method == method}
+            if theirs:
+                line = [_paper_text(theirs[t].values, digits) if t in theirs else "" for t in tasks]
+                out.append(f"| {sparsity:.0%} | {method} (paper) | " + " | ".join(line) + " | |")
         unfinished = sum(r.unfinished for r in mine)
         out.append("")
-        out.append("Cells: mean±std over seeds (sample std; none for one seed), in percent; metrics in the "
-                   "order of the column header." + (f" {unfinished} unfinished runs not counted." if unfinished else ""))
+        note = ("Cells: mean±std over seeds (sample std; none for one seed), in percent; metrics in the "
+                "order of the column header.")
+        if cells:
+            note += (f" Rows marked (paper) are the paper's {table or 'table'}, transcribed in the experiment file; "
+                     f"{NOT_CONVERGED}: the paper's non-convergence.")
+        if not mine:
+            note += " No finished run of ours yet."
+        out.append(note + (f" {unfinished} unfinished runs not counted." if unfinished else ""))
         out.append("")
     return "\n".join(out)
 
 
-def to_csv(rows: Sequence[Row], path: str | Path) -> None:
-    """Long format: one line per (group, metric), with the paper's number when there is one."""
+def to_csv(rows: Sequence[Row], path: str | Path, paper: Sequence[PaperCell] = ()) -> None:
+    """Long format: one line per (group, metric), with the paper's number when there is one;
+    paper cells without a run of ours come last, with empty mean/std/n."""
     by_keys = list(dict.fromkeys(k for r in rows for k, _ in r.by))
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -164,10 +257,19 @@ def to_csv(rows: Sequence[Row], path: str | Path) -> None:
         for r in rows:
             by = dict(r.by)
             for i, label in enumerate(r.labels):
-                paper = r.paper[i] if r.paper and i < len(r.paper) else ""
+                theirs = r.paper[i] if r.paper and i < len(r.paper) else ""
+                theirs = NOT_CONVERGED if theirs is None else theirs
                 w.writerow([r.experiment, r.task, r.method, r.sparsity, *[by.get(k, "") for k in by_keys], label,
-                            _num(r.means[i]), _num(r.stds[i]), r.n, " ".join(map(str, r.seeds)), paper,
+                            _num(r.means[i]), _num(r.stds[i]), r.n, " ".join(map(str, r.seeds)), theirs,
                             _num(r.achieved_sparsity, 6), _num(r.wall_time_s, 1)])
+        ours = {(r.experiment, r.task, r.method, _sparsity_key(r.sparsity)) for r in rows}
+        for c in paper:
+            if (c.experiment, c.task, c.method, _sparsity_key(c.sparsity)) in ours:
+                continue
+            for i, value in enumerate(c.values):
+                label = c.labels[i] if i < len(c.labels) else f"metric{i + 1}"
+                w.writerow([c.experiment, c.task, c.method, c.sparsity, *[""] * len(by_keys), label, "", "", 0, "",
+                            NOT_CONVERGED if value is None else value, "", ""])
 
 
 def _num(value: float, digits: int = 4) -> str:
