@@ -118,7 +118,8 @@ class TrainConfig:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     experiment_name: str = "default"
-    output_dir: str = MISSING
+    #: the run folder (Hydra's run dir; null only where Hydra has none, e.g. --cfg job --resolve)
+    output_dir: Optional[str] = MISSING
     save_model: bool = True
     #: rerunning into the same output_dir skips a finished run (its metrics.json) and resumes an
     #: interrupted one from its last checkpoint (trainer.save_strategy); false: always start afresh
@@ -151,6 +152,8 @@ register()
 
 def validate(cfg: DictConfig) -> None:
     """Value checks that the schema's types cannot express; raises ValueError naming the key."""
+    if cfg.output_dir is None:
+        raise ValueError("output_dir is not set: run through python -m mgpp.train, or pass output_dir=<folder>")
     if not 0.0 <= cfg.sparsity < 1.0:
         raise ValueError(f"sparsity must lie in [0, 1), got sparsity={cfg.sparsity}")
     if cfg.train_size is not None and cfg.train_size < 1:

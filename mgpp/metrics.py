@@ -12,7 +12,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-__all__ = ["METRICS", "compute", "for_task", "rouge"]
+__all__ = ["METRICS", "compute", "for_task", "prediction_spread", "rouge"]
 
 
 def _labels(predictions: np.ndarray) -> np.ndarray:
@@ -45,15 +45,29 @@ def compute(names: Sequence[str], predictions: np.ndarray, labels: np.ndarray) -
     return {name: METRICS[name](predictions, labels) for name in names}
 
 
+def prediction_spread(predictions: np.ndarray) -> dict[str, float]:
+    """How varied the predictions are, to tell a collapsed model (one class, a constant score).
+
+    Classification: ``majority_prediction_fraction``, the share of the most frequent predicted
+    class (1.0: a single class for every example). Regression: ``prediction_std``.
+    """
+    predictions = np.asarray(predictions)
+    if predictions.ndim > 1 and predictions.shape[-1] > 1:
+        counts = np.bincount(predictions.argmax(-1).reshape(-1), minlength=predictions.shape[-1])
+        return {"majority_prediction_fraction": float(counts.max() / max(counts.sum(), 1))}
+    return {"prediction_std": float(np.std(_scores(predictions)))}
+
+
 def for_task(names: Sequence[str]) -> Callable:
-    """A ``compute_metrics`` function for the Hugging Face ``Trainer``."""
+    """A ``compute_metrics`` function for the Hugging Face ``Trainer``: the task's metrics, plus
+    :func:`prediction_spread` (so that a report can mark collapsed runs)."""
     _check_known(names)  # at construction, before any training
 
     def compute_metrics(eval_prediction) -> dict[str, float]:
         predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
         if isinstance(predictions, tuple):
             predictions = predictions[0]
-        return compute(names, predictions, labels)
+        return compute(names, predictions, labels) | prediction_spread(predictions)
 
     return compute_metrics
 

@@ -41,6 +41,17 @@ def test_for_task_reads_eval_prediction_and_rejects_unknown_metrics():
         predictions = (np.array([[0.0, 1.0], [1.0, 0.0]]),)  # tuple, as some models return
         label_ids = np.array([1, 1])
 
-    assert for_task(["accuracy"])(EvalPrediction()) == {"accuracy": 0.5}
+    assert for_task(["accuracy"])(EvalPrediction()) == {"accuracy": 0.5, "majority_prediction_fraction": 0.5}
     with pytest.raises(ValueError, match="acuracy"):
         for_task(["acuracy"])
+
+
+def test_prediction_spread_tells_a_collapsed_model():
+    from mgpp.metrics import prediction_spread
+
+    one_class = np.array([[2.0, 0.1], [1.5, -1.0], [0.3, 0.2], [9.0, 1.0]])
+    assert prediction_spread(one_class) == {"majority_prediction_fraction": 1.0}
+    assert prediction_spread(np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 2.0]])) == {
+        "majority_prediction_fraction": 0.5}
+    assert prediction_spread(np.array([[2.5], [2.5], [2.5]])) == {"prediction_std": 0.0}
+    assert prediction_spread(np.array([1.0, 3.0]))["prediction_std"] == pytest.approx(1.0)
