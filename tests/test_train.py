@@ -39,11 +39,15 @@ def read_jsonl(path):
 @pytest.mark.parametrize("method,sparsity", [("dense", 0.0), ("gmp", 0.8), ("l2", 0.8), ("mgpp", 0.9), ("pa", 0.8)])
 def test_each_method_end_to_end(tmp_path, method, sparsity):
     loggers = "[jsonl,wandb,tensorboard]" if method == "mgpp" else "[jsonl]"
-    run_train(*QUICK, "model=tiny_bert", "task=rte", f"method={method}", f"sparsity={sparsity}", f"logger={loggers}",
-              f"hydra.run.dir={tmp_path}")
+    proc = run_train(*QUICK, "model=tiny_bert", "task=rte", f"method={method}", f"sparsity={sparsity}",
+                     f"logger={loggers}", f"hydra.run.dir={tmp_path}", "resume=false")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["train_steps"] == 24 and 0.0 <= metrics["eval_accuracy"] <= 1.0
     assert metrics["target_sparsity"] == sparsity
+    assert metrics["train_size"] == 256  # the n the prior was scaled by: the subset, with a warning
+    warned = "the prior is scaled by 1/n with n=256" in proc.stdout + proc.stderr
+    assert warned == (method in ("l2", "mgpp", "pa"))
+    assert 0.5 <= metrics["eval_majority_prediction_fraction"] <= 1.0
 
     # the saved model loads with from_pretrained and carries exactly the target sparsity
     from transformers import AutoModelForSequenceClassification
@@ -58,6 +62,8 @@ def test_each_method_end_to_end(tmp_path, method, sparsity):
     assert len(train_logs) == 6  # every 4 of 24 steps
     for key in ["loss", "learning_rate", *PRUNING_KEYS]:
         assert key in train_logs[-1], key
+    if method in ("gmp", "l2", "mgpp"):  # pruned again after t_f: the previous prune's zeros measured
+        assert {"pruning/regrowth_mean", "pruning/regrowth_max"} <= set(train_logs[-1])
     assert any("eval_accuracy" in r for r in records if r["kind"] == "scalars")
     for name in ("weights/nonzero_targets", "weights/nonzero_log10_magnitude"):
         histograms = [r for r in records if r["kind"] == "histogram" and r["name"] == name]
