@@ -185,3 +185,48 @@ def test_weight_histograms_count_the_nonzero_targets():
     centers = np.log10([0.5, 0.05, 2.0, 0.005])
     expected = np.histogram(centers, bins=np.asarray(logs.edges))[0]
     assert list(np.asarray(logs.counts[1:]) - expected[1:]) == [0] * 9
+
+
+def test_collapsed_runs_are_marked_and_differences_are_paired_by_seed(tmp_path):
+    from mgpp.report.tables import differences, differences_markdown, is_collapsed
+
+    values = {("mgpp", 1): 0.80, ("mgpp", 2): 0.84, ("mgpp", 3): 0.82, ("l2", 1): 0.70, ("l2", 2): 0.75,
+              ("l2", 3): 0.74, ("gmp", 1): 0.684}
+    for (method, seed), acc in values.items():
+        metrics = fake_run(tmp_path, method, seed, acc, acc)
+        run = tmp_path / "mrpc" / method / f"sparsity0.9_seed{seed}"
+        # gmp seed 1 predicts the majority class for every dev example
+        metrics["eval_majority_prediction_fraction"] = 1.0 if method == "gmp" else 0.7
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    runs = find_runs([tmp_path])
+    assert is_collapsed({"eval_majority_prediction_fraction": 0.995}) and not is_collapsed({"eval_accuracy": 0.5})
+    assert is_collapsed({"eval_prediction_std": 0.0}) and not is_collapsed({"eval_prediction_std": 0.8})
+    rows = {r.method: r for r in summarize(runs)}
+    assert rows["gmp"].collapsed == 1 and rows["mgpp"].collapsed == 0
+    markdown = to_markdown(list(rows.values()))
+    assert "68.4/68.4 (1/1 collapsed)" in markdown and '(k/n collapsed)": k of the n seeds' in markdown
+
+    diffs = {(d.other, d.label): d for d in differences(runs)}
+    l2 = diffs[("l2", "accuracy")]
+    assert l2.diffs == pytest.approx([10.0, 9.0, 8.0]) and l2.n == 3 and l2.mean == pytest.approx(9.0)
+    from scipy.stats import t
+
+    half = t.ppf(0.975, 2) * statistics.stdev([10.0, 9.0, 8.0]) / math.sqrt(3)
+    assert l2.interval() == pytest.approx((9.0 - half, 9.0 + half))
+    gmp = diffs[("gmp", "accuracy")]
+    assert gmp.n == 1 and all(math.isnan(x) for x in gmp.interval())  # one shared seed: no interval
+    text = differences_markdown(list(diffs.values()))
+    assert f"| mrpc | 90% | mgpp − l2 | accuracy +9.0 [{9 - half:+.1f}, {9 + half:+.1f}]" in text
+
+
+def test_dev_curves_figure_averages_seeds(tmp_path):
+    from mgpp.report.figures import figure_dev_curves
+
+    for method, seed, offset in (("mgpp", 1, 0.0), ("mgpp", 2, 0.02), ("l2", 1, -0.05)):
+        fake_run(tmp_path, method, seed, 0.8, 0.8)
+        log = tmp_path / "mrpc" / method / f"sparsity0.9_seed{seed}" / "log.jsonl"
+        records = [{"kind": "scalars", "step": s, "eval_accuracy": 0.5 + offset + s / 100} for s in (10, 20, 30)]
+        log.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    path = figure_dev_curves(find_runs([tmp_path]), tmp_path / "dev.png", "eval_accuracy")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert figure_dev_curves(find_runs([tmp_path]), tmp_path / "none.png", "eval_f1") is None

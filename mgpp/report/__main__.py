@@ -19,7 +19,8 @@ from pathlib import Path
 
 from . import figures
 from .runs import find_runs, wandb_runs
-from .tables import cells_from_runs, load_experiment_paper, summarize, to_csv, to_markdown
+from .tables import (cells_from_runs, differences, differences_markdown, load_experiment_paper, metric_columns,
+                     summarize, to_csv, to_markdown)
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -39,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wandb-group", help="only W&B runs of this group (the experiment name)")
     p.add_argument("--fig2a-methods", default="mgpp,l2", help="methods compared in Fig. 2a (default: mgpp,l2)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument("--reference", default="mgpp", help="method whose differences to the others are tabulated")
+    p.add_argument("--compare", default="l2,gmp,pa",
+                   help="methods to compare the reference with, paired by seed, 95%% t-intervals ('' for none)")
     p.add_argument("--lam", type=float, default=1e-7, help="prior of Fig. 1 / A1 (default: the paper's)")
     p.add_argument("--sigma0-sq", type=float, default=1e-10)
     p.add_argument("--sigma1-sq", type=float, default=0.05)
@@ -46,6 +50,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.paths and not args.wandb:
         p.error("give run/sweep folders, --wandb, or both")
     return args
+
+
+def _main_metric_key(run) -> str | None:
+    """The metrics.json key of a run's main dev metric (MNLI: the matched split's)."""
+    task = run.config.get("task") or {}
+    keys = [k for k, _ in metric_columns(task)]
+    main = task.get("main_metric")
+    return next((k for k in keys if k.endswith(f"_{main}")), keys[0] if keys else None)
 
 
 def split_inputs(paths) -> tuple[list[Path], list[Path]]:
@@ -79,6 +91,9 @@ def main(argv=None) -> int:
     paper += [c for c in cells_from_runs(runs) if c.experiment not in named]
     rows = summarize(runs, by=args.by, paper=paper)
     markdown = to_markdown(rows, paper)
+    diffs = differences(finished, reference=args.reference, others=args.compare.split(",")) if args.compare else []
+    if diffs:
+        markdown += "\n" + differences_markdown(diffs)
     to_csv(rows, out / "results.csv", paper)
 
     figure_lines = []
@@ -95,6 +110,12 @@ def main(argv=None) -> int:
             made.append(figures.figure2a(group, out / "figures" / f"fig2a_{stem}.png",
                                          methods=args.fig2a_methods.split(","), title=title))
             made.append(figures.figure2b(group, out / "figures" / f"fig2b_{stem}.png", title=title))
+            main = _main_metric_key(group[0])
+            if main:  # the dense reference (sparsity 0) belongs in every sparsity's curve
+                dense = [r for r in finished if r.get("method.name") == "dense" and r.get("task.name") == task
+                         and r.get("experiment_name") == experiment and r not in group]
+                made.append(figures.figure_dev_curves(group + dense, out / "figures" / f"dev_{stem}.png", main,
+                                                      title=title))
         figure_lines = [f"![{p.stem}](figures/{p.name})" for p in made if p is not None]
 
     report = ["# Results", "", f"{len(finished)} finished runs from: "

@@ -16,7 +16,7 @@ import torch
 from ..priors import L2, Laplace, MixtureGaussian, Prior
 from .runs import Run
 
-__all__ = ["penalty", "figure1_curves", "figure1", "figure_a1", "figure2a", "figure2b"]
+__all__ = ["penalty", "figure1_curves", "figure1", "figure_a1", "figure2a", "figure2b", "figure_dev_curves"]
 
 
 def _pyplot():
@@ -107,6 +107,24 @@ def _one_run_per_method(runs: Sequence[Run], methods: Sequence[str]) -> dict[str
 
 LINEAR, LOG_MAGNITUDE = "weights/nonzero_targets", "weights/nonzero_log10_magnitude"
 
+#: one colour, line style and marker per method, the same in every figure, so that lines that
+#: overlap stay distinguishable (and readable in grey scale)
+METHOD_STYLE = {
+    "mgpp": dict(color="tab:red", ls="-", marker="o"),
+    "l2": dict(color="tab:blue", ls="--", marker="s"),
+    "gmp": dict(color="tab:green", ls="-.", marker="^"),
+    "pa": dict(color="tab:purple", ls=":", marker="D"),
+    "dense": dict(color="black", ls="-", marker=None),
+}
+
+
+def style(method: str, points: int = 0) -> dict:
+    """Matplotlib keywords for ``method``'s lines: markers spaced to about a dozen per line."""
+    base = dict(METHOD_STYLE.get(method, dict(color="gray", ls="-", marker="x")))
+    if base.get("marker") and points:
+        base["markevery"] = max(points // 12, 1)
+    return base
+
 
 def figure2a(runs: Sequence[Run], path: str | Path, methods: Sequence[str] = ("mgpp", "l2"), title: str = "") -> Path | None:
     """Distribution of the remaining nonzero target weights at the end of training."""
@@ -120,12 +138,20 @@ def figure2a(runs: Sequence[Run], path: str | Path, methods: Sequence[str] = ("m
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, h in hists.items():
+    for i, (method, h) in enumerate(hists.items()):
         edges, counts = np.asarray(h["edges"]), np.asarray(h["counts"], dtype=float)
         if log_scale:
             edges = 10.0 ** edges
         density = counts / counts.sum()
-        ax.stairs(density, edges, label=f"{method} (seed {chosen[method].get('seed')}, {h['num']:,} nonzero)")
+        kw = style(method)
+        # earlier methods drawn wider, so a later one on top of the same steps leaves them visible
+        ax.stairs(density, edges, color=kw["color"], ls=kw["ls"], lw=max(3.0 - 1.0 * i, 1.0),
+                  label=f"{method} (seed {chosen[method].get('seed')}, {h['num']:,} nonzero)")
+        centers = (edges[:-1] + edges[1:]) / 2 if not log_scale else np.sqrt(edges[:-1] * edges[1:])
+        if kw.get("marker"):  # markers at bin centres, staggered per method, tell overlapping steps apart
+            every = max(len(centers) // 16, 2)
+            ax.plot(centers, density, ls="none", marker=kw["marker"], color=kw["color"], ms=4,
+                    markevery=(i % every, every), label="_nolegend_")
     if log_scale:
         ax.set_xscale("log")
         ax.set_xlabel("|remaining nonzero weight|")
@@ -142,31 +168,65 @@ def figure2a(runs: Sequence[Run], path: str | Path, methods: Sequence[str] = ("m
 
 def figure2b(runs: Sequence[Run], path: str | Path, methods: Sequence[str] = ("mgpp", "l2", "gmp", "pa"),
              title: str = "") -> Path | None:
-    """The magnitude threshold over training: the smallest surviving |theta| after each logged prune
-    (solid) and the largest pruned score (dotted, lower once pruned weights regrow)."""
+    """The kept/pruned boundary over training (the smallest surviving |theta| right after each logged
+    prune; the largest pruned score for older logs), and, on a second panel, the regrowth: the mean
+    |theta| the weights zeroed by the previous prune had reached before the next one."""
     chosen = _one_run_per_method(runs, methods)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, ax_regrowth) = plt.subplots(2, 1, figsize=(6.5, 6), sharex=True, height_ratios=[2, 1])
     drawn = False
     for method, run in chosen.items():
         kept = _positive(*run.scalars("pruning/kept_min_magnitude"))
-        pruned = _positive(*run.scalars("pruning/threshold"))
-        if kept:  # logs from before kept_min_magnitude existed have the threshold only
-            line = ax.plot(*zip(*kept), label=f"{method}: smallest kept |θ|")[0]
-            if pruned:
-                ax.plot(*zip(*pruned), ls=":", color=line.get_color(), lw=1)
-        elif pruned:
-            ax.plot(*zip(*pruned), label=f"{method}: largest pruned |θ|")
-        drawn = drawn or bool(kept or pruned)
+        series, what = (kept, "smallest kept |θ|") if kept else (_positive(*run.scalars("pruning/threshold")),
+                                                                 "largest pruned |θ|")
+        if series:
+            ax.plot(*zip(*series), label=f"{method}: {what}", lw=1.4, ms=4, **style(method, len(series)))
+            drawn = True
+        regrowth = _positive(*run.scalars("pruning/regrowth_mean"))
+        if regrowth:
+            ax_regrowth.plot(*zip(*regrowth), label=method, lw=1, ms=3, **style(method, len(regrowth)))
     if not drawn:
         plt.close(fig)
         return None
     ax.set_yscale("log")
+    ax.set_ylabel("kept/pruned boundary |θ|")
+    ax.set_title(f"Fig. 2b: the magnitude threshold over training {title}".strip())
+    ax.legend(fontsize=8)
+    if ax_regrowth.lines:
+        ax_regrowth.set_yscale("log")
+        ax_regrowth.legend(fontsize=7, ncol=len(ax_regrowth.lines))
+    else:
+        ax_regrowth.text(0.5, 0.5, "no regrowth logged", ha="center", va="center", transform=ax_regrowth.transAxes)
+    ax_regrowth.set_ylabel("regrowth: mean |θ|\nof last prune's zeros")
+    ax_regrowth.set_xlabel("step")
+    return _save(fig, path)
+
+
+def figure_dev_curves(runs: Sequence[Run], path: str | Path, metric: str, title: str = "") -> Path | None:
+    """The dev metric over training steps per method: the mean over seeds, with the seeds' range shaded."""
+    by_method: dict[str, list[tuple[list[int], list[float]]]] = {}
+    for run in runs:
+        steps, values = run.scalars(metric)
+        if steps:
+            by_method.setdefault(run.get("method.name"), []).append((steps, values))
+    if not by_method:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    order = [m for m in METHOD_STYLE if m in by_method] + sorted(m for m in by_method if m not in METHOD_STYLE)
+    for method in order:
+        curves = by_method[method]
+        common = sorted(set.intersection(*(set(s) for s, _ in curves)))
+        if not common:
+            continue
+        table = np.array([[dict(zip(s, v))[step] for step in common] for s, v in curves]) * 100
+        ax.plot(common, table.mean(0), label=f"{method} ({len(curves)} seeds)", lw=1.4, ms=4,
+                **style(method, len(common)))
+        if len(curves) > 1:
+            ax.fill_between(common, table.min(0), table.max(0), color=style(method)["color"], alpha=0.12, lw=0)
     ax.set_xlabel("step")
-    ax.set_ylabel("magnitude threshold")
-    if any(line.get_linestyle() == ":" for line in ax.lines):
-        ax.plot([], [], ls=":", color="gray", label="dotted: largest pruned |θ|")
-    ax.set_title(f"Fig. 2b: threshold over training {title}".strip())
+    ax.set_ylabel(f"{metric.removeprefix('eval_')} (dev, %)")
+    ax.set_title(f"Dev score over training {title}".strip())
     ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from .runs import Run
 
-__all__ = ["Row", "PaperCell", "metric_columns", "summarize", "paper_cells", "load_experiment_paper",
+__all__ = ["Row", "PaperCell", "Difference", "differences", "differences_markdown", "is_collapsed", "metric_columns", "summarize", "paper_cells", "load_experiment_paper",
            "cells_from_runs", "to_markdown", "to_csv"]
 
 GROUP_KEYS = ("task.name", "method.name", "sparsity")
@@ -65,7 +65,7 @@ class Row:
     paper: list[float | None] | None = None  # None: the paper's N.A.
     paper_table: str | None = None
     unfinished: int = 0
-
+    collapsed: int = 0  # seeds whose model predicts (nearly) one class / a constant: see is_collapsed
     @property
     def n(self) -> int:
         return len(self.seeds)
@@ -74,7 +74,7 @@ class Row:
         parts = []
         for mean, std in zip(self.means, self.stds):
             parts.append(f"{mean:.{digits}f}" + ("" if math.isnan(std) else f"±{std:.{digits}f}"))
-        return "/".join(parts)
+        return "/".join(parts) + (f" ({self.collapsed}/{self.n} collapsed)" if self.collapsed else "")
 
     def paper_cell(self) -> str:
         return _paper_text(self.paper) if self.paper else ""
@@ -151,6 +151,22 @@ def _paper_numbers(cells: Sequence[PaperCell], experiment: str, task: str, metho
     return None
 
 
+#: a classifier whose most frequent predicted class covers this share of the dev set, or a regressor
+#: whose predictions spread less than this (label units), is marked as collapsed
+COLLAPSED_FRACTION, COLLAPSED_STD = 0.99, 0.01
+
+
+def is_collapsed(metrics: dict) -> bool:
+    """Whether a finished run's model predicts (nearly) a single class, or a constant score.
+
+    Read from the prediction spread the GLUE tasks record at evaluation (``mgpp.metrics.prediction_spread``);
+    runs without it are never marked.
+    """
+    fractions = [v for k, v in metrics.items() if k.endswith("majority_prediction_fraction")]
+    spreads = [v for k, v in metrics.items() if k.endswith("prediction_std")]
+    return any(f >= COLLAPSED_FRACTION for f in fractions) or any(s < COLLAPSED_STD for s in spreads)
+
+
 def summarize(runs: Sequence[Run], by: Sequence[str] = (), paper: Sequence[PaperCell] | None = None) -> list[Row]:
     """Group finished runs; unfinished ones are counted per group but not averaged.
 
@@ -183,10 +199,93 @@ def summarize(runs: Sequence[Run], by: Sequence[str] = (), paper: Sequence[Paper
             wall_time_s=statistics.fmean(float(r.metrics.get("wall_time_s", math.nan)) for r in done),
             paper=_paper_numbers(paper, experiment, task, method, 0.0 if dense else sparsity),
             paper_table=done[0].get("paper.table"), unfinished=len(members) - len(done),
+            collapsed=sum(is_collapsed(r.metrics) for r in done),
         ))
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (r.experiment, r.sparsity, order.get(r.method, len(order)), r.method, str(r.by), r.task))
     return rows
+
+
+@dataclass
+class Difference:
+    """``reference - other`` on one metric of one task and sparsity, paired by seed."""
+
+    experiment: str
+    task: str
+    sparsity: float
+    reference: str
+    other: str
+    label: str
+    diffs: list[float]  # per seed, percent points
+
+    @property
+    def n(self) -> int:
+        return len(self.diffs)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.diffs)
+
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        """Student-t interval for the mean paired difference (nan for fewer than two seeds)."""
+        if self.n < 2:
+            return math.nan, math.nan
+        from scipy.stats import t
+
+        half = t.ppf(0.5 + level / 2, self.n - 1) * statistics.stdev(self.diffs) / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+    def text(self, digits: int = 1) -> str:
+        low, high = self.interval()
+        band = "" if math.isnan(low) else f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+        return f"{self.mean:+.{digits}f}{band}"
+
+
+def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[str] = ("l2", "gmp", "pa"),
+                ) -> list[Difference]:
+    """Per experiment, task and sparsity: ``reference - other`` for each metric, over the seeds both have."""
+    values: dict[tuple, dict[int, list[float]]] = defaultdict(dict)
+    labels: dict[str, list[str]] = {}
+    for run in runs:
+        if not run.finished:
+            continue
+        task_cfg = run.config.get("task") or {}
+        columns, scale = metric_columns(task_cfg), percent_scale(task_cfg)
+        labels[task_cfg.get("name")] = [label for _, label in columns]
+        key = (run.get("experiment_name", "default"), run.get("task.name"), _sparsity_key(run.get("sparsity")),
+               run.get("method.name"))
+        values[key][int(run.get("seed", 0))] = [scale * float(run.metrics.get(k, math.nan)) for k, _ in columns]
+    out = []
+    for (experiment, task, sparsity, method), by_seed in sorted(values.items()):
+        if method != reference:
+            continue
+        for other in others:
+            theirs = values.get((experiment, task, sparsity, other), {})
+            seeds = sorted(set(by_seed) & set(theirs))
+            if not seeds:
+                continue
+            for i, label in enumerate(labels[task]):
+                out.append(Difference(experiment, task, float(sparsity), reference, other, label,
+                                      [by_seed[s][i] - theirs[s][i] for s in seeds]))
+    return out
+
+
+def differences_markdown(diffs: Sequence[Difference]) -> str:
+    """A table per experiment: a row per (task, sparsity, comparison), a column per metric."""
+    out = []
+    for experiment in dict.fromkeys(d.experiment for d in diffs):
+        mine = [d for d in diffs if d.experiment == experiment]
+        out += [f"### {experiment}: differences", "",
+                "| task | sparsity | difference | metrics | seeds |", "|---|---|---|---|---|"]
+        groups = dict.fromkeys((d.task, d.sparsity, d.reference, d.other) for d in mine)
+        for task, sparsity, reference, other in groups:
+            cells = [d for d in mine if (d.task, d.sparsity, d.reference, d.other) == (task, sparsity, reference, other)]
+            metrics = "; ".join(f"{d.label} {d.text()}" for d in cells)
+            out.append(f"| {task} | {sparsity:.0%} | {reference} − {other} | {metrics} | {cells[0].n} |")
+        out += ["", "Mean difference in percent points over the seeds both methods have (paired by seed), with a "
+                "95% Student-t interval [low, high] (none for a single seed). An interval that excludes 0 is a "
+                "difference the seeds resolve.", ""]
+    return "\n".join(out)
 
 
 def _method_label(row: Row) -> str:
@@ -236,6 +335,9 @@ def to_markdown(rows: Sequence[Row], paper: Sequence[PaperCell] = ()) -> str:
         out.append("")
         note = ("Cells: mean±std over seeds (sample std; none for one seed), in percent; metrics in the "
                 "order of the column header.")
+        if any(r.collapsed for r in mine):
+            note += (f" \"(k/n collapsed)\": k of the n seeds ended predicting one class for at least "
+                     f"{COLLAPSED_FRACTION:.0%} of the dev set (or a constant score); they are in the mean, marked.")
         if cells:
             note += (f" Rows marked (paper) are the paper's {table or 'table'}, transcribed in the experiment file; "
                      f"{NOT_CONVERGED}: the paper's non-convergence.")
