@@ -219,7 +219,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def config_dir() -> str:
+    """``conf/`` of a source checkout (editable installs, the repository), else the copy a wheel ships."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "conf"
+    return str(checkout if (checkout / "train.yaml").is_file() else here / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float:
     metrics = train(cfg)
     key = next((k for k in metrics if k.endswith(cfg.task.main_metric)), None)

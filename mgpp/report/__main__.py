@@ -22,7 +22,11 @@ from .runs import find_runs, wandb_runs
 from .tables import (cells_from_runs, differences, differences_markdown, load_experiment_paper, metric_columns,
                      summarize, to_csv, to_markdown)
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+def _experiment_dirs() -> list[Path]:
+    """Where experiment files live: experiments/ of a checkout, the experiment group a wheel ships."""
+    from ..train import config_dir
+
+    return [Path(__file__).resolve().parents[2] / "experiments", Path(config_dir()) / "experiment"]
 
 log = logging.getLogger("mgpp.report")
 
@@ -67,8 +71,8 @@ def split_inputs(paths) -> tuple[list[Path], list[Path]]:
         path = Path(raw)
         if path.suffix in (".yaml", ".yml") and path.is_file():
             files.append(path)
-        elif not path.exists() and (EXPERIMENTS / f"{raw}.yaml").is_file():
-            files.append(EXPERIMENTS / f"{raw}.yaml")
+        elif not path.exists() and any((d / f"{raw}.yaml").is_file() for d in _experiment_dirs()):
+            files.append(next(d / f"{raw}.yaml" for d in _experiment_dirs() if (d / f"{raw}.yaml").is_file()))
         else:
             folders.append(path)  # find_runs names a missing folder
     return folders, files
