@@ -52,8 +52,12 @@ class ModelConfig:
 
 
 @dataclass
-class TrainerConfig:
-    """The ``TrainingArguments`` a run sets; anything else goes in ``extra``."""
+class _TrainerKnobs:
+    """The ``TrainingArguments`` a run usually sets, typed (a wrong type fails at composition).
+
+    Every other ``TrainingArguments`` field is a ``trainer.<name>`` key too (see :data:`TrainerConfig`),
+    at the Trainer's own default; ``trainer.extra`` passes anything else through as is.
+    """
 
     learning_rate: float = 5e-5
     per_device_train_batch_size: int = 32
@@ -84,8 +88,44 @@ class TrainerConfig:
     dataloader_num_workers: int = 0
     disable_tqdm: bool = False
     use_cpu: bool = False
-    #: any other TrainingArguments field, passed through as is
+    #: any other TrainingArguments field (or one this transformers version lacks), passed through as is
     extra: Dict[str, Any] = field(default_factory=dict)
+
+
+#: TrainingArguments fields that mgpp sets itself: a ``trainer.`` value for them is refused, naming
+#: the key to use instead
+OWNED_TRAINER_FIELDS = {"output_dir": "hydra.run.dir=<folder> (the run folder)", "seed": "seed=<n>",
+                        "report_to": "logger=[jsonl,wandb,tensorboard]"}
+
+
+def _trainer_config_class():
+    """:class:`_TrainerKnobs` plus every other ``TrainingArguments`` init field (untyped, at its default).
+
+    Generated from the installed transformers, so ``trainer.<any field>=...`` works and a misspelt one
+    still fails at composition, by name.
+    """
+    from dataclasses import MISSING as NO_DEFAULT, make_dataclass
+
+    from transformers import TrainingArguments
+
+    known = {f.name for f in fields(_TrainerKnobs)}
+    more = []
+    for f in fields(TrainingArguments):
+        if not f.init or f.name in known:
+            continue
+        if f.name in OWNED_TRAINER_FIELDS:
+            default = field(default=None)
+        elif f.default is not NO_DEFAULT:
+            default = field(default=f.default)
+        elif f.default_factory is not NO_DEFAULT:
+            default = field(default_factory=f.default_factory)
+        else:
+            default = field(default=None)
+        more.append((f.name, Any, default))
+    return make_dataclass("TrainerConfig", more, bases=(_TrainerKnobs,))
+
+
+TrainerConfig = _trainer_config_class()
 
 
 @dataclass
@@ -165,6 +205,9 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError("model needs model.pretrained (hub id or folder) or model.config (random init)")
     if cfg.trainer.bf16 and cfg.trainer.fp16:
         raise ValueError("trainer.bf16 and trainer.fp16 are exclusive")
+    for key, instead in OWNED_TRAINER_FIELDS.items():
+        if cfg.trainer.get(key) is not None or key in (cfg.trainer.extra or {}):
+            raise ValueError(f"trainer.{key} is set by mgpp itself; use {instead}")
     from transformers import TrainingArguments
 
     known = {f.name for f in fields(TrainingArguments)}

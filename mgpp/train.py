@@ -93,10 +93,12 @@ def build_method(cfg: DictConfig) -> PruningMethod:
 def _training_arguments(cfg: DictConfig, run_dir: Path, task) -> TrainingArguments:
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     extra = trainer.pop("extra") or {}
+    for owned in config_schema.OWNED_TRAINER_FIELDS:  # refused by validate() when set; ours below
+        trainer.pop(owned, None)
+    arguments = {**trainer, **extra}  # extra: fields this transformers version's schema lacks, or overrides
     if not torch.cuda.is_available():
-        extra.setdefault("dataloader_pin_memory", False)  # nothing to pin to; avoids a warning per loader
-    return task.training_arguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, report_to=[],
-                                   **trainer, **extra)
+        arguments["dataloader_pin_memory"] = False  # nothing to pin to; avoids a warning per loader
+    return task.training_arguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, report_to=[], **arguments)
 
 
 def _group_name(cfg: DictConfig) -> str:
@@ -135,10 +137,23 @@ def _flatten(node, prefix: str = "") -> dict[str, Any]:
 
 
 def _config_changes(saved: dict, current: dict) -> list[str]:
-    """Keys whose values differ between two resolved configs, ignoring :data:`RESUME_IGNORES`."""
+    """Keys whose values differ between two resolved configs, ignoring :data:`RESUME_IGNORES`.
+
+    Only keys both configs have are compared: a key that one of them lacks was added or removed by a
+    change of mgpp itself (a new ``trainer.`` field, say), which a rerun of an older run folder must
+    survive; a value the user changed is caught because its key is in both.
+    """
     old, new = _flatten(saved), _flatten(current)
     ignored = lambda key: any(key == k or key.startswith(k + ".") for k in RESUME_IGNORES)  # noqa: E731
-    return sorted(k for k in old.keys() | new.keys() if not ignored(k) and old.get(k) != new.get(k))
+    return sorted(k for k in old.keys() & new.keys() if not ignored(k) and _portable(old[k]) != _portable(new[k]))
+
+
+def _portable(value: Any) -> Any:
+    """A value as it would read on another machine: a path into an installed package (the offline
+    model's folder) loses the virtual environment it was resolved in."""
+    if isinstance(value, str) and "site-packages/" in value:
+        return value.split("site-packages/", 1)[1]
+    return value
 
 
 def finished_metrics(run_dir: str | Path) -> dict[str, Any] | None:

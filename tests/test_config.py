@@ -116,3 +116,47 @@ def test_prior_errors_name_the_config_node():
 def test_structured_schema_rejects_unknown_top_level_key():
     with pytest.raises((ConfigCompositionException, ConfigAttributeError, ConfigKeyError)):
         compose_train("sparsty=0.5")
+
+
+def test_every_training_arguments_field_is_a_trainer_key():
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from mgpp.config import OWNED_TRAINER_FIELDS
+
+    cfg = compose_train("trainer.gradient_checkpointing=true", "trainer.label_smoothing_factor=0.1",
+                        "trainer.adam_beta2=0.98")
+    validate(cfg)
+    assert cfg.trainer.gradient_checkpointing is True and cfg.trainer.label_smoothing_factor == 0.1
+    fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    assert fields <= set(cfg.trainer)  # every field, at the Trainer's default unless set
+    with pytest.raises(ConfigCompositionException) as err:  # a typo still fails, by name
+        compose_train("trainer.gradient_checkpointng=true")
+    assert "gradient_checkpointng" in str(err.value.__cause__ or err.value)
+    for owned in OWNED_TRAINER_FIELDS:
+        bad = compose_train(f"trainer.{owned}={'[wandb]' if owned == 'report_to' else '3'}")
+        with pytest.raises(ValueError, match=f"trainer.{owned} is set by mgpp itself"):
+            validate(bad)
+
+
+def test_training_arguments_are_the_trainer_keys(tmp_path):
+    from mgpp.train import _training_arguments
+
+    cfg = compose_train("trainer.gradient_checkpointing=true", "+trainer.extra.dataloader_drop_last=true",
+                        "trainer.adam_beta2=0.98", "seed=7")
+    args = _training_arguments(cfg, tmp_path, build(cfg.task))
+    assert args.gradient_checkpointing and args.dataloader_drop_last and args.adam_beta2 == 0.98
+    assert args.seed == 7 and args.report_to in ([], "none", ["none"]) and args.output_dir == str(tmp_path / "checkpoints")
+
+
+def test_resume_compares_the_keys_both_configs_have():
+    from mgpp.train import _config_changes
+
+    saved = {"sparsity": 0.9, "trainer": {"lr": 1e-4, "extra": {"old_knob": 1}},
+             "model": {"pretrained": "/a/venv/lib/python3.11/site-packages/pkg/model"}}
+    current = {"sparsity": 0.9, "trainer": {"lr": 1e-4, "new_field": "x", "extra": {}},
+               "model": {"pretrained": "/other/.venv/lib/python3.11/site-packages/pkg/model"}}
+    assert _config_changes(saved, current) == []  # added/removed keys and the venv's location do not count
+    current["trainer"]["lr"] = 3e-4
+    assert _config_changes(saved, current) == ["trainer.lr"]
