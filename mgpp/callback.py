@@ -56,6 +56,7 @@ class PruningCallback(TrainerCallback):
         self.step = 0  # index of the last optimizer step the callback acted on
         self.threshold: float | None = None
         self.last_prune_step = 0
+        self.sparsity_after_prune = 0.0
         self.kept_min: float | None = None  # smallest surviving |theta| right after the last prune
         self.prior = method.prior
         self.prior_weight = 0.0
@@ -66,9 +67,10 @@ class PruningCallback(TrainerCallback):
 
     # -- setup -------------------------------------------------------------------------------
     def attach(self, trainer) -> "PruningCallback":
-        """Register on ``trainer`` ahead of the reporting callbacks, so W&B & co. see the pruning metrics."""
-        trainer.callback_handler.callbacks.insert(0, self)
-        self.trainer = trainer  # its accelerator unscales fp16 gradients before the prior is added
+        """``trainer.add_callback(self)``, keeping the trainer: its accelerator unscales fp16 gradients
+        before the prior is added. (Logging asks :meth:`metrics`; see ``mgpp.training_log``.)"""
+        trainer.add_callback(self)
+        self.trainer = trainer
         return self
 
     def setup(self, model, total_steps: int, completed_steps: int = 0) -> None:
@@ -108,8 +110,11 @@ class PruningCallback(TrainerCallback):
         if self.schedule.prunes_at(t):
             if self._zeroed is not None:
                 self.regrowth = self.measure_regrowth()
-            self.threshold = self.method.pruner.prune_(params, self.schedule.sparsity(t)).threshold
+            result = self.method.pruner.prune_(params, self.schedule.sparsity(t))
+            self.threshold = result.threshold
             self.last_prune_step = t
+            # the pruned fraction (weights already at exactly zero among the kept ones aside)
+            self.sparsity_after_prune = result.num_pruned / max(result.numel, 1)
             if self.track_regrowth:
                 self._zeroed = [p.detach() == 0 for p in params]
         if self.schedule.fixes_mask_at(t):
@@ -169,28 +174,19 @@ class PruningCallback(TrainerCallback):
         scale = self.prior_weight / self.train_size
         return {
             PREFIX + "target_sparsity": self.schedule.sparsity(t) if t > 0 else 0.0,
+            # exact zeros now: between the prunes of the cubic phase, momentum moves some off zero
             PREFIX + "sparsity": self.targets.sparsity(),
+            PREFIX + "sparsity_after_last_prune": self.sparsity_after_prune,
             PREFIX + "threshold": self.threshold if self.threshold is not None else 0.0,
             # The magnitude a weight needed to survive the last prune (Fig. 2b). ``threshold``, the
             # largest pruned score, reads lower once momentum regrows pruned weights between steps.
             PREFIX + "kept_min_magnitude": self.kept_min if self.kept_min is not None else 0.0,
             PREFIX + "prior_crossover": crossover if crossover is not None else math.nan,
             PREFIX + "prior_weight": self.prior_weight,
-            # The prior's term of the per-example loss, eta/n * sum(-log pi(theta)), measured
-            # from the all-zero model (see Prior.penalty).
+            # The prior's term of the per-example objective (Eq. 3), eta/n * sum(-log pi(theta)),
+            # measured from the all-zero model (see Prior.penalty): the loss's scale. Under the MGP each
+            # nonzero weight beyond the spike costs about log(spike/slab peak)/n, so it is large.
             PREFIX + "prior_penalty": scale * self.prior.penalty(params) if self.prior.active else 0.0,
             # how far the weights zeroed by the previous prune had regrown before the latest one
             **{PREFIX + k: v for k, v in self.regrowth.items()},
         }
-
-    def layer_sparsity(self) -> dict[str, float]:
-        """Fraction of zeros per target tensor, keyed by parameter name."""
-        return self.targets.layer_sparsity()
-
-    def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
-        if logs is None or self.targets is None or not any(k in logs for k in ("loss", "train_loss")):
-            return
-        metrics = self.metrics()
-        logs.update(metrics)  # seen by the callbacks after this one (see attach)
-        if state.log_history and state.log_history[-1].get("step") == state.global_step:
-            state.log_history[-1].update(metrics)

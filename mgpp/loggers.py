@@ -20,7 +20,25 @@ from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Histogram", "MetricLogger", "JSONLLogger", "WandbLogger", "TensorBoardLogger", "Loggers"]
+__all__ = ["Histogram", "MetricLogger", "JSONLLogger", "WandbLogger", "TensorBoardLogger", "MemoryLogger", "Loggers",
+           "hparams_of"]
+
+#: the config keys that identify a run on a dashboard (TensorBoard HParams, W&B run name and tags)
+HPARAM_KEYS = ("task.name", "method.name", "sparsity", "seed", "model.name", "trainer.learning_rate",
+               "trainer.adam_beta2", "trainer.max_grad_norm", "prior.lam", "prior.sigma0_sq", "prior.sigma1_sq",
+               "schedule.t_i", "schedule.t_f", "schedule.prune_every", "train_size")
+
+
+def hparams_of(run_config: dict | None) -> dict[str, Any]:
+    """The :data:`HPARAM_KEYS` a run's resolved config has, as flat scalars."""
+    out = {}
+    for dotted in HPARAM_KEYS:
+        node: Any = run_config or {}
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, (int, float, str, bool)):
+            out[dotted] = node
+    return out
 
 
 @dataclass
@@ -118,12 +136,13 @@ class WandbLogger(MetricLogger):
 
 
 class TensorBoardLogger(MetricLogger):
-    """TensorBoard event files in ``<run dir>/<subdir>``."""
+    """TensorBoard event files in ``<run dir>/<subdir>``; at the end, the run's HParams with its final metrics."""
 
-    def __init__(self, run_dir, subdir: str = "tensorboard", **_: Any):
+    def __init__(self, run_dir, subdir: str = "tensorboard", run_config: dict | None = None, **_: Any):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / subdir))
+        self.hparams = hparams_of(run_config)
 
     def log(self, metrics, step):
         for key, value in metrics.items():
@@ -144,8 +163,36 @@ class TensorBoardLogger(MetricLogger):
         self.writer.add_text(name, header + body, step)
 
     def finish(self, summary):
+        final = {f"hparam/{k}": float(v) for k, v in summary.items()
+                 if k.startswith("eval") and isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and not k.endswith(("_runtime", "_per_second"))}
+        if self.hparams and final:  # the HParams tab: one row per run, its final dev metrics as columns
+            self.writer.add_hparams(self.hparams, final, run_name=".")
         self.writer.flush()
         self.writer.close()
+
+
+class MemoryLogger(MetricLogger):
+    """Keeps every record in :attr:`records` (the JSONL layout, as dicts): for notebooks and tests."""
+
+    def __init__(self, **_: Any):
+        self.records: list[dict[str, Any]] = []
+
+    def log(self, metrics, step):
+        self.records.append({"kind": "scalars", "step": step, **metrics})
+
+    def log_histogram(self, name, histogram, step):
+        self.records.append({"kind": "histogram", "step": step, "name": name, **asdict(histogram)})
+
+    def log_table(self, name, columns, rows, step):
+        self.records.append({"kind": "table", "step": step, "name": name, "columns": list(columns), "rows": rows})
+
+    def finish(self, summary):
+        self.records.append({"kind": "summary", **summary})
+
+    def scalars(self, key: str) -> dict[int, float]:
+        """``{step: value}`` of one scalar."""
+        return {r["step"]: r[key] for r in self.records if r["kind"] == "scalars" and key in r}
 
 
 class Loggers(MetricLogger):

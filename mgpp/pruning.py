@@ -35,6 +35,8 @@ __all__ = [
     "GlobalPruner",
     "PruneResult",
     "FixedMask",
+    "save_mask",
+    "load_mask",
 ]
 
 #: Every parameter inside a numbered transformer block: ``encoder.layer.3.`` (BERT,
@@ -316,3 +318,32 @@ class FixedMask:
         for p, m in zip(params, self.pruned):
             p.detach().masked_fill_(m, 0.0)
 
+
+# -- a mask on disk -------------------------------------------------------------------------------
+def save_mask(names: list[str], params: list[torch.Tensor], path) -> None:
+    """Which target weights are zero, one bit each (``numpy.packbits``), with each tensor's shape
+    (safetensors; upstream pruning saves it for sparse transfer)."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    tensors, shapes = {}, {}
+    for name, p in zip(names, params):
+        zero = (p.detach() == 0).cpu().numpy().reshape(-1)
+        tensors[name] = torch.from_numpy(np.packbits(zero))
+        shapes[name] = ",".join(str(d) for d in p.shape)
+    save_file(tensors, str(path), metadata=shapes)
+
+
+def load_mask(path) -> dict[str, torch.Tensor]:
+    """``{parameter name: bool tensor, True where the weight was pruned}``."""
+    import numpy as np
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="pt") as f:
+        shapes = f.metadata()
+        for name in f.keys():
+            shape = [int(d) for d in shapes[name].split(",")]
+            bits = np.unpackbits(f.get_tensor(name).numpy())[: int(np.prod(shape))]
+            out[name] = torch.from_numpy(bits.astype(bool)).view(shape)
+    return out

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import inspect
-import json
 import logging
 import time
 from pathlib import Path
@@ -30,24 +29,18 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from . import config as config_schema
 from .callback import PruningCallback
 from .loggers import Loggers
 from .methods import PruningMethod
-from .pruning import TargetSelector
-from .reporting import LAYER_COLUMNS, ReportingCallback
-from .tasks.mlm import save_mask
+from .pruning import TargetSelector, save_mask
+from .run_folder import MASK_FILE, METRICS_FILE, RunFolder, config_changes
+from .training_log import TrainingLogCallback
 
 log = logging.getLogger("mgpp.train")
 
 __all__ = ["train", "build_method", "main", "finished_metrics"]
-
-#: written last, so its presence marks a finished run
-METRICS_FILE = "metrics.json"
-#: keys that may change between an interrupted run and its resumption
-RESUME_IGNORES = ("output_dir", "resume", "logger", "trainer.disable_tqdm")
 
 
 def build(node: DictConfig, **kwargs):
@@ -101,17 +94,26 @@ def _training_arguments(cfg: DictConfig, run_dir: Path, task) -> TrainingArgumen
     return task.training_arguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, report_to=[], **arguments)
 
 
-def _group_name(cfg: DictConfig) -> str:
-    """W&B group: the experiment, plus the sweep folder for a multirun."""
+def _sweep_name() -> str | None:
+    """The sweep folder's name in a multirun, else None."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         hc = HydraConfig.get()
-        if hc.mode.name == "MULTIRUN":
-            return f"{cfg.experiment_name}/{Path(hc.sweep.dir).name}"
+        return Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
     except ValueError:  # not running under @hydra.main (tests, notebooks)
-        pass
-    return cfg.experiment_name
+        return None
+
+
+def _wandb_identity(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
+    """Name, group, job type and tags of a run's W&B run, unless the logger config sets them:
+    grouped by experiment and task (and sweep), typed by method, tagged with method, sparsity, seed."""
+    sweep = _sweep_name()
+    group = f"{cfg.experiment_name}/{cfg.task.name}" + (f"/{sweep}" if sweep else "")
+    name = f"{cfg.task.name}-{cfg.method.name}-sparsity{cfg.sparsity:g}-seed{cfg.seed}"
+    tags = [cfg.method.name, cfg.task.name, f"sparsity={cfg.sparsity:g}", f"seed={cfg.seed}", *(node.get("tags") or [])]
+    return {"group": node.get("group") or group, "job_type": node.get("job_type") or cfg.method.name,
+            "name": node.get("name") or name, "tags": list(dict.fromkeys(tags))}
 
 
 def _build_loggers(cfg: DictConfig, run_dir: Path, resolved: dict, resuming: bool) -> Loggers:
@@ -120,116 +122,97 @@ def _build_loggers(cfg: DictConfig, run_dir: Path, resolved: dict, resuming: boo
         if node is None:
             continue
         kwargs = {"run_dir": run_dir, "run_config": resolved, "resuming": resuming}
-        if name == "wandb":  # the W&B run is grouped by experiment/sweep, typed by method
-            kwargs |= {"group": node.get("group") or _group_name(cfg), "job_type": node.get("job_type") or cfg.method.name}
+        if name == "wandb":
+            kwargs |= _wandb_identity(cfg, node)
         # partial: the run's config must reach the backend as data, not be instantiated itself
         backends.append(instantiate(node, _partial_=True)(**kwargs))
     return Loggers(backends)
 
 
-def _flatten(node, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            out |= _flatten(value, f"{prefix}{key}.")
-        return out
-    return {prefix[:-1]: node}
-
-
-def _config_changes(saved: dict, current: dict) -> list[str]:
-    """Keys whose values differ between two resolved configs, ignoring :data:`RESUME_IGNORES`.
-
-    Only keys both configs have are compared: a key that one of them lacks was added or removed by a
-    change of mgpp itself (a new ``trainer.`` field, say), which a rerun of an older run folder must
-    survive; a value the user changed is caught because its key is in both.
-    """
-    old, new = _flatten(saved), _flatten(current)
-    ignored = lambda key: any(key == k or key.startswith(k + ".") for k in RESUME_IGNORES)  # noqa: E731
-    return sorted(k for k in old.keys() & new.keys() if not ignored(k) and _portable(old[k]) != _portable(new[k]))
-
-
-def _portable(value: Any) -> Any:
-    """A value as it would read on another machine: a path into an installed package (the offline
-    model's folder) loses the virtual environment it was resolved in."""
-    if isinstance(value, str) and "site-packages/" in value:
-        return value.split("site-packages/", 1)[1]
-    return value
+def _config_changes(saved: dict, current: dict) -> list[str]:  # kept for callers of the old name
+    return config_changes(saved, current)
 
 
 def finished_metrics(run_dir: str | Path) -> dict[str, Any] | None:
     """The final metrics of a finished run in ``run_dir``, or None."""
-    path = Path(run_dir) / METRICS_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    return RunFolder(run_dir).finished_metrics()
 
 
-def _check_resumable(run_dir: Path, resolved: dict) -> None:
-    """Refuse to resume or skip a run that was configured differently: its results would be mislabelled."""
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
-        return
-    changes = _config_changes(OmegaConf.to_container(OmegaConf.load(saved)), resolved)
-    if changes:
-        shown = ", ".join(changes[:6]) + (", ..." if len(changes) > 6 else "")
-        raise ValueError(f"{run_dir} holds a run configured differently ({shown}); choose another output_dir "
-                         "or set resume=false to overwrite it")
+def _final_metrics(task, trainer, eval_sets: dict) -> dict[str, float]:
+    """The task's final dev metrics; the in-loop evaluation of the last step when there was one
+    (one eval set, evaluated at the final step, with all the task's metrics), so that it is not run
+    and logged a second time."""
+    history = trainer.state.log_history
+    last_eval = next((h for h in reversed(history) if any(k.startswith("eval_") for k in h)), None)
+    complete = last_eval is not None and all(f"eval_{m}" in last_eval for m in task.metrics)
+    if len(eval_sets) == 1 and complete and last_eval.get("step") == trainer.state.global_step:
+        return {k: v for k, v in last_eval.items() if k.startswith("eval_") or k == "epoch"}
+    return task.evaluate(trainer, eval_sets)  # several splits, or metrics the in-loop evaluation lacks
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fine-tune and prune as configured; returns the final metrics (also in ``metrics.json``)."""
+    """Fine-tune and prune as configured; returns the final metrics (also in ``metrics.json``).
+
+    The recipe: check the config and the run folder (skip a finished run, resume an interrupted
+    one), build the task, method, model, data and Trainer, fit, then write the folder's files and
+    close the loggers, whatever happened.
+    """
+    # -- prepare: every config error before any model or data is loaded
     config_schema.validate(cfg)
     task = build(cfg.task)
-    method = build_method(cfg)  # bad task/prior/schedule values fail here, before any data or model
-    run_dir = Path(cfg.output_dir)
+    method = build_method(cfg)
+    folder = RunFolder(cfg.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     checkpoint = None
     if cfg.resume:
-        _check_resumable(run_dir, resolved)
-        done = finished_metrics(run_dir)
+        folder.check_resumable(resolved)
+        done = folder.finished_metrics()
         if done is not None:
-            log.info("%s is finished (%s): skipped; resume=false reruns it", run_dir, METRICS_FILE)
+            log.info("%s is finished (%s): skipped; resume=false reruns it", folder.path, METRICS_FILE)
             return done
-        checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
+        checkpoint = folder.last_checkpoint()
         if checkpoint:
             log.info("resuming from %s", checkpoint)
     else:
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        folder.forget_metrics()
+    folder.write_config(cfg)
     set_seed(cfg.seed)
     start = time.time()
 
+    # -- build
     model, tokenizer = task.build_model(cfg.model)
     train_set, eval_sets = task.datasets(tokenizer, cfg.data_dir, cfg.max_train_samples, cfg.max_eval_samples,
                                          cfg.seed)
-    trainer = task.make_trainer(model, _training_arguments(cfg, run_dir, task), train_set, eval_sets, tokenizer)
+    trainer = task.make_trainer(model, _training_arguments(cfg, folder.path, task), train_set, eval_sets, tokenizer)
     train_size = cfg.train_size or len(train_set)
     if cfg.max_train_samples is not None and cfg.train_size is None and method.prior.active:
         log.warning("max_train_samples=%d: the prior is scaled by 1/n with n=%d, the subset's size; set "
                     "train_size=<the full training set's size> to give it the strength it has on the full set",
                     cfg.max_train_samples, train_size)
     pruning = PruningCallback(method, train_size=train_size, track_regrowth=cfg.report.regrowth).attach(trainer)
-    loggers = _build_loggers(cfg, run_dir, resolved, checkpoint is not None) if trainer.is_world_process_zero() else Loggers([])
-    reporting = ReportingCallback(loggers, pruning, cfg.report.histogram_every, cfg.report.histogram_bins)
-    trainer.add_callback(reporting)
+    main_process = trainer.is_world_process_zero()
+    loggers = _build_loggers(cfg, folder.path, resolved, checkpoint is not None) if main_process else Loggers([])
+    logging_callback = TrainingLogCallback(loggers, pruning, cfg.report.histogram_every, cfg.report.histogram_bins)
+    trainer.add_callback(logging_callback)
 
-    trainer.train(resume_from_checkpoint=checkpoint)
-
-    metrics = task.evaluate(trainer, eval_sets)
-    final_step = trainer.state.global_step
-    metrics |= {"sparsity": pruning.targets.sparsity(), "target_sparsity": pruning.schedule.final_sparsity,
-                "train_steps": final_step, "train_examples": len(train_set), "train_size": train_size,
-                "wall_time_s": round(time.time() - start, 1)}
-
-    if trainer.is_world_process_zero():
-        rows = reporting.log_weights(final_step)
-        with open(run_dir / "layer_sparsity.csv", "w", newline="") as f:
-            csv.writer(f).writerows([LAYER_COLUMNS, *rows])
-        if cfg.save_model:
-            trainer.save_model(str(run_dir / "model"))
-            if getattr(task, "save_mask", False):  # upstream pruning: keep the mask for sparse transfer
-                save_mask(pruning.targets.names, pruning.targets.params, run_dir / "model" / "mask.safetensors")
-        loggers.finish(metrics)
-        (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")  # last: marks the run finished
+    # -- fit, then write: the run's own files first, the optional backends last
+    metrics: dict[str, Any] = {}
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = _final_metrics(task, trainer, eval_sets)
+        final_step = trainer.state.global_step
+        metrics |= {"sparsity": pruning.targets.sparsity(), "target_sparsity": pruning.schedule.final_sparsity,
+                    "train_steps": final_step, "train_examples": len(train_set), "train_size": train_size,
+                    "wall_time_s": round(time.time() - start, 1)}
+        if main_process:
+            folder.write_layer_table(logging_callback.log_weights(final_step))
+            if cfg.save_model:
+                trainer.save_model(str(folder.model_dir))
+                if getattr(task, "save_mask", False):  # upstream pruning: keep the mask for sparse transfer
+                    save_mask(pruning.targets.names, pruning.targets.params, folder.model_dir / MASK_FILE)
+            folder.write_metrics(metrics)  # last of the run's files: marks it finished
+    finally:
+        loggers.finish(logging_callback.summary | metrics)
     log.info("final: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
     return metrics
 

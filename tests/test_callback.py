@@ -8,7 +8,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from mgpp import preset
 from mgpp.callback import PruningCallback
 from mgpp.methods import PruningMethod
+from mgpp.loggers import MemoryLogger
 from mgpp.pruning import TargetSelector, num_to_prune
+from mgpp.training_log import TrainingLogCallback
 
 from conftest import VOCAB, tiny_bert
 
@@ -34,12 +36,15 @@ def make_trainer(tmp_path, model, callbacks=(), steps=STEPS, **overrides):
 
 
 def run(tmp_path, method, extra=(), **overrides):
+    """Train with ``method``; the third value is what the loggers received (a MemoryLogger)."""
     model = tiny_bert()
     pruning = PruningCallback(method, train_size=N)
     trainer = make_trainer(tmp_path, model, extra, **overrides)
     pruning.attach(trainer)
+    memory = MemoryLogger()
+    trainer.add_callback(TrainingLogCallback(memory, pruning, histogram_every=0))
     trainer.train()
-    return model, pruning, trainer
+    return model, pruning, memory
 
 
 SCHEDULE = dict(t_i=4, t_f=16, prune_every=3)
@@ -56,11 +61,11 @@ SCHEDULE = dict(t_i=4, t_f=16, prune_every=3)
 )
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
 def test_presets_end_at_target_sparsity(tmp_path, name, kwargs, sparsity):
-    model, pruning, trainer = run(tmp_path, preset(name, sparsity=sparsity, **kwargs))
+    model, pruning, memory = run(tmp_path, preset(name, sparsity=sparsity, **kwargs))
     targets = pruning.targets
     zeros = sum(targets.zeros_per_tensor())
     assert zeros == num_to_prune(sparsity, targets.numel)
-    logged = [h for h in trainer.state.log_history if "loss" in h]
+    logged = [r for r in memory.records if r["kind"] == "scalars" and "train/loss" in r]
     assert logged, "no training log"
     last = logged[-1]
     for key in ["target_sparsity", "sparsity", "threshold", "prior_crossover", "prior_weight", "prior_penalty"]:
@@ -76,9 +81,9 @@ def test_presets_end_at_target_sparsity(tmp_path, name, kwargs, sparsity):
 
 
 def test_dense_never_zeroes_anything(tmp_path):
-    model, pruning, trainer = run(tmp_path, preset("dense"))
+    model, pruning, memory = run(tmp_path, preset("dense"))
     assert sum(pruning.targets.zeros_per_tensor()) == 0
-    assert trainer.state.global_step == STEPS
+    assert max(memory.scalars("train/loss")) == STEPS
 
 
 class RecordAfterStep(TrainerCallback):
@@ -95,7 +100,8 @@ def test_pa_keeps_pruned_weights_at_zero_after_one_shot_prune(tmp_path):
     method = preset("pa", sparsity=0.7, t_f=10, sigma0_sq=1e-6, sigma1_sq=0.05, lam=1e-4)
     pruning = PruningCallback(method, train_size=N)
     recorder = RecordAfterStep(pruning)
-    trainer = make_trainer(tmp_path, tiny_bert(), [recorder])
+    memory = MemoryLogger()
+    trainer = make_trainer(tmp_path, tiny_bert(), [recorder, TrainingLogCallback(memory, pruning, histogram_every=0)])
     pruning.attach(trainer)
     trainer.train()
     masks = recorder.zero_masks
@@ -105,7 +111,7 @@ def test_pa_keeps_pruned_weights_at_zero_after_one_shot_prune(tmp_path):
     for t in range(11, STEPS + 1):  # the mask is fixed: exactly the same weights are zero
         assert all(torch.equal(a, b) for a, b in zip(masks[t], pruned_at_tf)), t
     # the prior acts while annealing and is off in the retraining (paper line 102: the loss only)
-    logged = {h["step"]: h for h in trainer.state.log_history if "pruning/prior_weight" in h}
+    logged = {r["step"]: r for r in memory.records if "pruning/prior_weight" in r}
     assert logged[6]["pruning/prior_weight"] == 1.0 and logged[6]["pruning/prior_penalty"] > 0
     assert [logged[t]["pruning/prior_weight"] for t in (12, 18, 24)] == [0.0, 0.0, 0.0]
     assert all(logged[t]["pruning/prior_penalty"] == 0.0 for t in (12, 18, 24))
@@ -243,3 +249,17 @@ def test_resuming_after_pa_prune_rebuilds_the_fixed_mask():
     fresh = PruningCallback(method, train_size=N)
     fresh.setup(tiny_bert(), total_steps=20, completed_steps=5)  # before t_f: no mask yet
     assert fresh.mask is None
+
+
+def test_logging_asks_the_pruning_callback_and_leaves_the_trainers_logs_alone(tmp_path):
+    """The Trainer's own log history carries no pruning keys (nothing is inserted into it); the
+    loggers get train/, pruning/ and per-layer sparsity/ keys, each step once."""
+    model, pruning, memory = run(tmp_path, preset("gmp", sparsity=0.5, **SCHEDULE))
+    scalars = [r for r in memory.records if r["kind"] == "scalars"]
+    train = [r for r in scalars if "train/loss" in r]
+    assert {"train/learning_rate", "train/grad_norm", "pruning/sparsity", "pruning/sparsity_after_last_prune",
+            "pruning/target_sparsity"} <= set(train[-1])
+    assert not any(k in r for r in scalars for k in ("loss", "train_runtime"))  # prefixed; the summary aside
+    steps = [r["step"] for r in train]
+    assert len(steps) == len(set(steps)) == STEPS // 6
+    assert train[-1]["pruning/sparsity_after_last_prune"] == num_to_prune(0.5, pruning.targets.numel) / pruning.targets.numel

@@ -2,6 +2,7 @@
 experiment group lists experiment files only (no measured run folders in --help)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -25,8 +26,13 @@ def test_help_lists_config_groups_not_run_folders():
 
 def test_wheel_ships_the_configs_and_the_cli_runs_from_anywhere(tmp_path):
     pip = [sys.executable, "-m", "pip"]
-    subprocess.run([*pip, "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")],
-                   check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    had_build = (ROOT / "build").exists()
+    try:
+        subprocess.run([*pip, "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(tmp_path / "dist")], check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    finally:
+        if not had_build:  # setuptools builds in the source tree; leave the checkout as it was
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     wheel = next((tmp_path / "dist").glob("mgpp-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"mgpp/conf/train.yaml", "mgpp/conf/experiment/table6_ablation.yaml", "mgpp/conf/sweep/pa_search.yaml",

@@ -173,7 +173,7 @@ def test_unreachable_wandb_falls_back_to_local_runs(tmp_path, monkeypatch, caplo
 
 
 def test_weight_histograms_count_the_nonzero_targets():
-    from mgpp.reporting import log_magnitude_histogram, weight_histogram
+    from mgpp.training_log import log_magnitude_histogram, weight_histogram
 
     params = [torch.tensor([[0.0, 0.5, -0.05], [0.0, 1e-10, 2.0]]), torch.tensor([[-0.005, 0.0]])]
     linear = weight_histogram(params, bins=8)

@@ -59,4 +59,4 @@ def test_squad_end_to_end_on_tiny_deberta(tmp_path):
     assert 0.0 <= metrics["eval_exact_match"] <= 100.0 and 0.0 <= metrics["eval_f1"] <= 100.0
     assert metrics["sparsity"] == pytest.approx(0.8, abs=1e-4)
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert any("eval_f1" in r for r in records if r["kind"] == "scalars" and r["step"] == 8)
+    assert any("eval/f1" in r for r in records if r["kind"] == "scalars" and r["step"] == 8)

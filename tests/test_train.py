@@ -58,13 +58,19 @@ def test_each_method_end_to_end(tmp_path, method, sparsity):
     assert metrics["sparsity"] == pytest.approx(sparsity, abs=1 / targets.numel)
 
     records = read_jsonl(tmp_path / "log.jsonl")
-    train_logs = [r for r in records if r["kind"] == "scalars" and "loss" in r]
+    train_logs = [r for r in records if r["kind"] == "scalars" and "train/loss" in r]
     assert len(train_logs) == 6  # every 4 of 24 steps
-    for key in ["loss", "learning_rate", *PRUNING_KEYS]:
+    for key in ["train/loss", "train/learning_rate", *PRUNING_KEYS]:
         assert key in train_logs[-1], key
     if method in ("gmp", "l2", "mgpp"):  # pruned again after t_f: the previous prune's zeros measured
         assert {"pruning/regrowth_mean", "pruning/regrowth_max"} <= set(train_logs[-1])
-    assert any("eval_accuracy" in r for r in records if r["kind"] == "scalars")
+    evals = [r for r in records if r["kind"] == "scalars" and "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [12, 24]  # the final evaluation is the in-loop one, not repeated
+    assert metrics["eval_accuracy"] == evals[-1]["eval/accuracy"]
+    scalar_steps = [r["step"] for r in records if r["kind"] == "scalars" and "train/loss" in r]
+    assert len(scalar_steps) == len(set(scalar_steps))
+    layer_keys = {k for r in records if r["kind"] == "scalars" for k in r if k.startswith("sparsity/")}
+    assert len(layer_keys) == len(targets)  # per-layer sparsity, plottable over time
     for name in ("weights/nonzero_targets", "weights/nonzero_log10_magnitude"):
         histograms = [r for r in records if r["kind"] == "histogram" and r["name"] == name]
         assert [h["step"] for h in histograms] == [8, 16, 24, 24]
@@ -74,8 +80,7 @@ def test_each_method_end_to_end(tmp_path, method, sparsity):
     assert records[-1]["kind"] == "summary" and records[-1]["sparsity"] == metrics["sparsity"]
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "layer_sparsity.csv").is_file()
     if method == "mgpp":
-        assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline W&B run"
-        assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+        check_dashboards(tmp_path, targets)
 
 
 @needs_glue
@@ -145,5 +150,33 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     assert "resuming from" in proc.stdout + proc.stderr and "checkpoint-12" in proc.stdout + proc.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["train_steps"] == 24 and metrics["sparsity"] == pytest.approx(0.9, abs=1e-4)
-    steps = [r["step"] for r in read_jsonl(tmp_path / "log.jsonl") if r["kind"] == "scalars" and "loss" in r]
+    steps = [r["step"] for r in read_jsonl(tmp_path / "log.jsonl") if r["kind"] == "scalars" and "train/loss" in r]
     assert steps.count(16) == 2 and steps[-1] == 24  # the log continues: steps 16-24 again after the resume
+
+
+DASHBOARD_KEYS = {"train/loss", "train/learning_rate", "eval/accuracy", "pruning/sparsity", "pruning/target_sparsity",
+                  "pruning/kept_min_magnitude", "pruning/prior_penalty", "pruning/regrowth_mean"}
+
+
+def check_dashboards(run_dir, targets):
+    """What a W&B workspace and TensorBoard need: named, grouped, tagged runs; prefixed keys; per-layer
+    sparsity as scalars; histograms; the HParams with the final metric."""
+    import wandb_offline
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_file = next((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    wandb_run = wandb_offline.summary(run_file)
+    assert wandb_run["name"] == "rte-mgpp-sparsity0.9-seed42" and wandb_run["group"] == "default/rte"
+    assert wandb_run["job_type"] == "mgpp" and {"mgpp", "rte", "sparsity=0.9", "seed=42"} <= set(wandb_run["tags"])
+    layer_keys = {f"sparsity/{name}" for name in targets.names}
+    assert DASHBOARD_KEYS | layer_keys <= wandb_run["keys"]
+    assert {"weights/nonzero_targets/values", "weights/nonzero_log10_magnitude/values"} <= wandb_run["keys"]
+    assert not {"loss", "eval_accuracy"} & wandb_run["keys"]  # no flat Trainer keys
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert DASHBOARD_KEYS | layer_keys <= set(tags["scalars"])
+    assert set(tags["histograms"]) == {"weights/nonzero_targets", "weights/nonzero_log10_magnitude"}
+    assert "hparam/eval_accuracy" in tags["scalars"] and "hparam/eval_runtime" not in tags["scalars"]
+    assert events.PluginTagToContent("hparams"), "no TensorBoard HParams"

@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification
 
 from mgpp.pruning import TargetSelector, num_to_prune
 from mgpp.tasks.data import find_data_dir
-from mgpp.tasks.mlm import load_mask, save_mask
+from mgpp.pruning import load_mask, save_mask
 
 from test_train import QUICK, run_train
 

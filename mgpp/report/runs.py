@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
+from ..run_folder import CHECKPOINT_DIR, CONFIG_FILE, RunFolder, key_aliases
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +22,6 @@ class Run:
     config: dict[str, Any]
     metrics: dict[str, Any] | None
     path: Path | None = None
-    source: str = "local"
     _records: list[dict] | None = field(default=None, repr=False)
 
     def get(self, dotted: str, default: Any = None) -> Any:
@@ -44,18 +42,19 @@ class Run:
         """The run's ``log.jsonl`` records (empty for W&B runs and runs without one)."""
         if self._records is not None:
             return self._records
-        path = self.path / "log.jsonl" if self.path else None
-        if path is None or not path.exists():
-            return []
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return RunFolder(self.path).records() if self.path else []
 
     def scalars(self, key: str) -> tuple[list[int], list[float]]:
-        """``(steps, values)`` of a logged scalar, the last value kept for a repeated step."""
+        """``(steps, values)`` of a logged scalar, the last value kept for a repeated step; ``eval/accuracy``
+        and ``eval_accuracy`` name the same one (logs written before the train/ and eval/ prefixes)."""
+        names = key_aliases(key)
         by_step: dict[int, float] = {}
         for r in self.records:
-            if r.get("kind") == "scalars" and key in r:
-                by_step[int(r["step"])] = float(r[key])
+            if r.get("kind") != "scalars":
+                continue
+            name = next((n for n in names if n in r and r[n] is not None), None)
+            if name is not None:
+                by_step[int(r["step"])] = float(r[name])
         steps = sorted(by_step)
         return steps, [by_step[s] for s in steps]
 
@@ -65,11 +64,8 @@ class Run:
 
 
 def _load_run(folder: Path) -> Run:
-    with open(folder / "config.yaml", encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
-    metrics_file = folder / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
-    return Run(config=config, metrics=metrics, path=folder)
+    run = RunFolder(folder)
+    return Run(config=run.saved_config() or {}, metrics=run.finished_metrics(), path=folder)
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Run]:
@@ -81,9 +77,9 @@ def find_runs(paths: Iterable[str | Path]) -> list[Run]:
     for root in map(Path, paths):
         if not root.exists():
             raise FileNotFoundError(f"no such run or sweep folder: {root}")
-        for config in sorted(root.rglob("config.yaml")) if root.is_dir() else []:
+        for config in sorted(root.rglob(CONFIG_FILE)) if root.is_dir() else []:
             folder = config.parent
-            if ".hydra" in folder.parts or "checkpoints" in folder.parts or folder in seen:
+            if ".hydra" in folder.parts or CHECKPOINT_DIR in folder.parts or folder in seen:
                 continue
             seen.add(folder)
             runs.append(_load_run(folder))
@@ -108,6 +104,6 @@ def wandb_runs(project: str, filters: dict | None = None, timeout: int = 20) -> 
     for r in found:
         summary = {k: v for k, v in dict(r.summary).items() if isinstance(v, (int, float)) and not k.startswith("_")}
         finished = r.state == "finished" and any(k.startswith("eval_") for k in summary)
-        runs.append(Run(config=dict(r.config), metrics=summary if finished else None, source=f"wandb:{r.path}",
+        runs.append(Run(config=dict(r.config), metrics=summary if finished else None,
                         _records=[]))
     return runs

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer
 
+from ..pruning import load_mask, save_mask  # noqa: F401  (re-exported: they used to live here)
 from .base import Task, load_model
 from .data import resolve_data_file, subset
 
@@ -37,32 +37,6 @@ def _load_files(files: list[str], text_key: str, data_dir: str | None):
     if text_key not in dataset.column_names:
         raise ValueError(f"text_key={text_key!r} is not a field of {files}: {dataset.column_names}")
     return dataset
-
-
-def save_mask(names: list[str], params: list[torch.Tensor], path: str | Path) -> None:
-    """Which target weights are zero, one bit each (``numpy.packbits``), with each tensor's shape."""
-    from safetensors.torch import save_file
-
-    tensors, shapes = {}, {}
-    for name, p in zip(names, params):
-        zero = (p.detach() == 0).cpu().numpy().reshape(-1)
-        tensors[name] = torch.from_numpy(np.packbits(zero))
-        shapes[name] = ",".join(str(d) for d in p.shape)
-    save_file(tensors, str(path), metadata=shapes)
-
-
-def load_mask(path: str | Path) -> dict[str, torch.Tensor]:
-    """``{parameter name: bool tensor, True where the weight was pruned}``."""
-    from safetensors import safe_open
-
-    out = {}
-    with safe_open(str(path), framework="pt") as f:
-        shapes = f.metadata()
-        for name in f.keys():
-            shape = [int(d) for d in shapes[name].split(",")]
-            bits = np.unpackbits(f.get_tensor(name).numpy())[: int(np.prod(shape))]
-            out[name] = torch.from_numpy(bits.astype(bool)).view(shape)
-    return out
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""Feeds a run's logs to the loggers: scalars at every Trainer log, and every N steps a
-histogram of the remaining nonzero target weights and the per-layer sparsity table."""
+"""What a run shows on its dashboards while it trains (``mgpp.report`` makes tables and figures
+after): the Trainer's logs under ``train/`` and ``eval/``, the pruning callback's metrics under
+``pruning/``, and every N steps the weight histograms and the per-layer sparsity (a table, and a
+scalar per layer under ``sparsity/`` so that it plots over time)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ from transformers import TrainerCallback
 
 from .callback import PruningCallback
 from .loggers import Histogram, MetricLogger
+from .run_folder import LAYER_COLUMNS, dashboard_key
 
-__all__ = ["weight_histogram", "log_magnitude_histogram", "layer_table", "ReportingCallback"]
+__all__ = ["weight_histogram", "log_magnitude_histogram", "layer_table", "TrainingLogCallback"]
 
-LAYER_COLUMNS = ("parameter", "weights", "zeros", "sparsity")
+#: the Trainer's end-of-training log (runtime, throughput, mean loss): a summary, not a step
+_TRAIN_SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss",
+                       "total_flos")
 
 
 def _max_abs(params: Sequence[Tensor]) -> float:
@@ -69,31 +74,41 @@ def layer_table(pruning: PruningCallback) -> list[list]:
             for name, p, zeros in zip(targets.names, targets.params, targets.zeros_per_tensor())]
 
 
-class ReportingCallback(TrainerCallback):
-    """Sends the Trainer's logs (with the pruning metrics) and weight statistics to ``logger``.
+class TrainingLogCallback(TrainerCallback):
+    """Sends a run's metrics to ``logger`` (any :class:`~mgpp.loggers.MetricLogger`).
 
-    Register it after the :class:`PruningCallback` (``attach`` puts that one first), so that
-    ``on_log`` sees the ``pruning/*`` metrics.
+    At each Trainer log it asks ``pruning`` for its metrics (nothing is inserted into the Trainer's
+    own logs), so the order of the callbacks does not matter. Every step is logged once: the
+    Trainer's end-of-training summary goes to :attr:`summary`, for the loggers' final summary.
     """
 
     def __init__(self, logger: MetricLogger, pruning: PruningCallback, histogram_every: int = 100,
                  histogram_bins: int = 64):
         self.logger, self.pruning = logger, pruning
         self.histogram_every, self.bins = histogram_every, histogram_bins
+        self.summary: dict[str, float] = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and state.is_world_process_zero:
-            self.logger.log(logs, state.global_step)
+        if not logs or not state.is_world_process_zero:
+            return
+        if any(k in logs for k in _TRAIN_SUMMARY_KEYS):
+            self.summary |= {dashboard_key(k): v for k, v in logs.items() if k != "epoch"}
+            return
+        record = {dashboard_key(k): v for k, v in logs.items()}
+        if "loss" in logs and self.pruning.targets is not None:  # a training log: the pruning state with it
+            record |= self.pruning.metrics()
+        self.logger.log(record, state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.histogram_every > 0 and state.global_step % self.histogram_every == 0 and state.is_world_process_zero:
             self.log_weights(state.global_step)
 
     def log_weights(self, step: int) -> list[list]:
-        """Log the weight histogram and the per-layer table; returns the table's rows."""
+        """Log the weight histograms, the per-layer table and per-layer scalars; returns the table's rows."""
         params = self.pruning.targets.params
         self.logger.log_histogram("weights/nonzero_targets", weight_histogram(params, self.bins), step)
         self.logger.log_histogram("weights/nonzero_log10_magnitude", log_magnitude_histogram(params, self.bins), step)
         rows = layer_table(self.pruning)
         self.logger.log_table("sparsity/per_layer", LAYER_COLUMNS, rows, step)
+        self.logger.log({f"sparsity/{name}": sparsity for name, _, _, sparsity in rows}, step)
         return rows

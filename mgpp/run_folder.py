@@ -1,0 +1,168 @@
+"""One run's folder: what is in it, under which names, and whether a rerun may resume or skip it.
+
+``train()`` writes run folders and ``mgpp.report`` reads them; both take the file names and the
+logged keys from here, so that the two cannot drift apart::
+
+    <run>/config.yaml          the resolved config (written once the run has started)
+    <run>/log.jsonl            every logged scalar, histogram and table, one JSON object a line
+    <run>/metrics.json         final metrics; written last, so its presence marks a finished run
+    <run>/layer_sparsity.csv   per target tensor: weights, zeros, sparsity
+    <run>/model/               the pruned model (safetensors), with mask.safetensors after upstream pruning
+    <run>/checkpoints/         Trainer checkpoints, while a run may still be resumed
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+__all__ = ["RunFolder", "CONFIG_FILE", "LOG_FILE", "METRICS_FILE", "LAYER_FILE", "MODEL_DIR", "CHECKPOINT_DIR",
+           "MASK_FILE", "LAYER_COLUMNS", "RESUME_IGNORES", "config_changes", "dashboard_key", "key_aliases"]
+
+CONFIG_FILE = "config.yaml"
+LOG_FILE = "log.jsonl"
+METRICS_FILE = "metrics.json"
+LAYER_FILE = "layer_sparsity.csv"
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+MASK_FILE = "mask.safetensors"
+LAYER_COLUMNS = ("parameter", "weights", "zeros", "sparsity")
+#: config keys that may change between an interrupted run and its resumption
+RESUME_IGNORES = ("output_dir", "resume", "logger", "trainer.disable_tqdm")
+
+# -- logged keys ------------------------------------------------------------------------------
+#: the Trainer's own training-log keys, shown under train/ on a dashboard (as the HF W&B integration does)
+TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "epoch", "num_input_tokens_seen")
+PREFIXES = ("train/", "eval/", "pruning/", "weights/", "sparsity/")
+
+
+def dashboard_key(key: str) -> str:
+    """The name a Trainer log key gets in every logger: ``loss`` -> ``train/loss``,
+    ``eval_accuracy`` -> ``eval/accuracy``; ``pruning/...`` and other prefixed keys stay as they are."""
+    if key.startswith(PREFIXES):
+        return key
+    if key.startswith("eval_"):
+        return "eval/" + key[len("eval_"):]
+    return "train/" + (key[len("train_"):] if key.startswith("train_") else key)
+
+
+def key_aliases(key: str) -> tuple[str, ...]:
+    """``key`` and the flat name older logs used for it (``eval/accuracy`` -> ``eval_accuracy``), to read both."""
+    if key.startswith("eval/"):
+        return key, "eval_" + key[len("eval/"):]
+    if key.startswith("train/"):
+        return key, key[len("train/"):]
+    if key.startswith("eval_"):
+        return "eval/" + key[len("eval_"):], key
+    return (key,)
+
+
+# -- config comparison --------------------------------------------------------------------------
+def _flatten(node, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out |= _flatten(value, f"{prefix}{key}.")
+        return out
+    return {prefix[:-1]: node}
+
+
+def _portable(value: Any) -> Any:
+    """A value as it would read on another machine: a path into an installed package (the offline
+    model's folder) loses the virtual environment it was resolved in."""
+    if isinstance(value, str) and "site-packages/" in value:
+        return value.split("site-packages/", 1)[1]
+    return value
+
+
+def config_changes(saved: dict, current: dict, ignore: Iterable[str] = RESUME_IGNORES) -> list[str]:
+    """Keys whose values differ between two resolved configs, except ``ignore`` (and their children).
+
+    Only keys both configs have are compared: a key that one of them lacks was added or removed by a
+    change of mgpp itself (a new ``trainer.`` field, say), which a rerun of an older run folder must
+    survive; a value the user changed is caught because its key is in both.
+    """
+    old, new = _flatten(saved), _flatten(current)
+    ignore = tuple(ignore)
+    ignored = lambda key: any(key == k or key.startswith(k + ".") for k in ignore)  # noqa: E731
+    return sorted(k for k in old.keys() & new.keys() if not ignored(k) and _portable(old[k]) != _portable(new[k]))
+
+
+class RunFolder:
+    """The files of one run, and the rules for rerunning into it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / MODEL_DIR
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    # -- reading -------------------------------------------------------------------------------
+    def finished_metrics(self) -> dict[str, Any] | None:
+        """The final metrics of a finished run, or None."""
+        path = self.path / METRICS_FILE
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def saved_config(self) -> dict | None:
+        path = self.path / CONFIG_FILE
+        if not path.exists():
+            return None
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+
+    def records(self) -> list[dict]:
+        """The ``log.jsonl`` records (empty when there is none)."""
+        path = self.path / LOG_FILE
+        if not path.exists():
+            return []
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def last_checkpoint(self) -> str | None:
+        if not self.checkpoint_dir.is_dir():
+            return None
+        from transformers.trainer_utils import get_last_checkpoint
+
+        return get_last_checkpoint(str(self.checkpoint_dir))
+
+    # -- rules ---------------------------------------------------------------------------------
+    def check_resumable(self, resolved: dict) -> None:
+        """Refuse to resume or skip a run that was configured differently: its results would be mislabelled."""
+        saved = self.saved_config()
+        if saved is None:
+            return
+        changes = config_changes(saved, resolved)
+        if changes:
+            shown = ", ".join(changes[:6]) + (", ..." if len(changes) > 6 else "")
+            raise ValueError(f"{self.path} holds a run configured differently ({shown}); choose another output_dir "
+                             "or set resume=false to overwrite it")
+
+    # -- writing -------------------------------------------------------------------------------
+    def write_config(self, cfg) -> None:
+        from omegaconf import OmegaConf
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, self.path / CONFIG_FILE, resolve=True)
+
+    def write_layer_table(self, rows: Sequence[Sequence[Any]]) -> None:
+        with open(self.path / LAYER_FILE, "w", newline="") as f:
+            csv.writer(f).writerows([LAYER_COLUMNS, *rows])
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        """Last of all: marks the run finished."""
+        (self.path / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+
+    def forget_metrics(self) -> None:
+        (self.path / METRICS_FILE).unlink(missing_ok=True)
