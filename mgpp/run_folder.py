@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = ["RunFolder", "CONFIG_FILE", "LOG_FILE", "METRICS_FILE", "LAYER_FILE", "MODEL_DIR", "CHECKPOINT_DIR",
-           "MASK_FILE", "LAYER_COLUMNS", "RESUME_IGNORES", "config_changes", "dashboard_key", "key_aliases"]
+           "MASK_FILE", "LAYER_COLUMNS", "RESUME_IGNORES", "config_changes", "dashboard_key", "key_aliases", "flatten",
+           "portable"]
 
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.jsonl"
@@ -60,16 +61,17 @@ def key_aliases(key: str) -> tuple[str, ...]:
 
 
 # -- config comparison --------------------------------------------------------------------------
-def _flatten(node, prefix: str = "") -> dict[str, Any]:
+def flatten(node, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": value}`` of a nested dict."""
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
-            out |= _flatten(value, f"{prefix}{key}.")
+            out |= flatten(value, f"{prefix}{key}.")
         return out
     return {prefix[:-1]: node}
 
 
-def _portable(value: Any) -> Any:
+def portable(value: Any) -> Any:
     """A value as it would read on another machine: a path into an installed package (the offline
     model's folder) loses the virtual environment it was resolved in."""
     if isinstance(value, str) and "site-packages/" in value:
@@ -84,10 +86,10 @@ def config_changes(saved: dict, current: dict, ignore: Iterable[str] = RESUME_IG
     change of mgpp itself (a new ``trainer.`` field, say), which a rerun of an older run folder must
     survive; a value the user changed is caught because its key is in both.
     """
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     ignore = tuple(ignore)
     ignored = lambda key: any(key == k or key.startswith(k + ".") for k in ignore)  # noqa: E731
-    return sorted(k for k in old.keys() & new.keys() if not ignored(k) and _portable(old[k]) != _portable(new[k]))
+    return sorted(k for k in old.keys() & new.keys() if not ignored(k) and portable(old[k]) != portable(new[k]))
 
 
 class RunFolder:

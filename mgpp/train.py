@@ -35,7 +35,7 @@ from .callback import PruningCallback
 from .loggers import Loggers
 from .methods import PruningMethod
 from .pruning import TargetSelector, save_mask
-from .run_folder import MASK_FILE, METRICS_FILE, RunFolder, config_changes
+from .run_folder import MASK_FILE, METRICS_FILE, RunFolder
 from .training_log import TrainingLogCallback
 
 log = logging.getLogger("mgpp.train")
@@ -127,10 +127,6 @@ def _build_loggers(cfg: DictConfig, run_dir: Path, resolved: dict, resuming: boo
         # partial: the run's config must reach the backend as data, not be instantiated itself
         backends.append(instantiate(node, _partial_=True)(**kwargs))
     return Loggers(backends)
-
-
-def _config_changes(saved: dict, current: dict) -> list[str]:  # kept for callers of the old name
-    return config_changes(saved, current)
 
 
 def finished_metrics(run_dir: str | Path) -> dict[str, Any] | None:

@@ -151,7 +151,7 @@ def test_training_arguments_are_the_trainer_keys(tmp_path):
 
 
 def test_resume_compares_the_keys_both_configs_have():
-    from mgpp.train import _config_changes
+    from mgpp.run_folder import config_changes as _config_changes
 
     saved = {"sparsity": 0.9, "trainer": {"lr": 1e-4, "extra": {"old_knob": 1}},
              "model": {"pretrained": "/a/venv/lib/python3.11/site-packages/pkg/model"}}

@@ -230,3 +230,43 @@ def test_dev_curves_figure_averages_seeds(tmp_path):
     path = figure_dev_curves(find_runs([tmp_path]), tmp_path / "dev.png", "eval_accuracy")
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert figure_dev_curves(find_runs([tmp_path]), tmp_path / "none.png", "eval_f1") is None
+
+
+def write_run(root, name, config, metrics):
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_unlike_runs_are_never_averaged_as_seeds(tmp_path):
+    """A tiny_bert and a tiny_deberta run of one task and method are two rows, not '2 seeds'; dense runs
+    sit at 0% whatever their config's sparsity said."""
+    task = {"_target_": "mgpp.tasks.GlueTask", "name": "rte", "metrics": ["accuracy"], "eval_splits": ["validation"]}
+    for i, (model, method, sparsity, acc) in enumerate([("tiny_bert", "mgpp", 0.9, 0.6), ("tiny_deberta", "mgpp", 0.9, 0.5),
+                                                        ("tiny_bert", "dense", 0.9, 0.7), ("tiny_bert", "dense", 0.0, 0.8)]):
+        config = {"experiment_name": "mix", "seed": i, "sparsity": sparsity, "method": {"name": method},
+                  "model": {"name": model}, "task": task}
+        write_run(tmp_path, f"run{i}", config, {"eval_accuracy": acc, "target_sparsity": 0.0 if method == "dense" else sparsity})
+    rows = summarize(find_runs([tmp_path]))
+    mgpp = sorted((dict(r.by).get("model.name"), r.means[0], r.n) for r in rows if r.method == "mgpp")
+    assert mgpp == [("tiny_bert", pytest.approx(60.0), 1), ("tiny_deberta", pytest.approx(50.0), 1)]
+    dense = [r for r in rows if r.method == "dense"]
+    assert len(dense) == 1 and dense[0].sparsity == 0.0 and dense[0].n == 2 and dense[0].means[0] == pytest.approx(75.0)
+    markdown = to_markdown(rows)
+    assert "mgpp (model.name=tiny_deberta)" in markdown and "kept apart" in markdown
+
+
+@pytest.mark.parametrize("target,metrics,values,shown", [
+    ("mgpp.tasks.SummarizationTask", ["rouge1", "rouge2", "rougeLsum"], [42.9, 19.7, 34.8], "42.9/19.7/34.8"),
+    ("mgpp.tasks.MaskedLMTask", ["loss", "perplexity"], [2.5, 12.18], "2.5/12.2"),
+    ("mgpp.tasks.SquadTask", ["exact_match", "f1"], [78.0, 86.2], "78.0/86.2"),
+])
+def test_metric_scale_is_the_tasks(tmp_path, target, metrics, values, shown):
+    """ROUGE, MLM loss/perplexity and SQuAD EM/F1 are not multiplied by 100 (GLUE fractions are)."""
+    task = {"_target_": target, "name": "t", "metrics": metrics}
+    write_run(tmp_path, "run", {"experiment_name": "e", "seed": 1, "sparsity": 0.5, "method": {"name": "mgpp"},
+                                "model": {"name": "m"}, "task": task},
+              {f"eval_{m}": v for m, v in zip(metrics, values)} | {"target_sparsity": 0.5})
+    row = summarize(find_runs([tmp_path]))[0]
+    assert row.means == pytest.approx(values) and f"| 50% | mgpp | {shown} | 1 |" in to_markdown([row])

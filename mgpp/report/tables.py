@@ -21,7 +21,10 @@ from .runs import Run
 __all__ = ["Row", "PaperCell", "Difference", "differences", "differences_markdown", "is_collapsed", "metric_columns", "summarize", "paper_cells", "load_experiment_paper",
            "cells_from_runs", "to_markdown", "to_csv"]
 
-GROUP_KEYS = ("task.name", "method.name", "sparsity")
+GROUP_KEYS = ("task.name", "method.name")
+#: config keys that may differ between the seeds of one cell; any other key that differs splits it
+SEED_KEYS = ("seed", "output_dir", "resume", "logger", "trainer.disable_tqdm", "data_dir", "hydra", "sparsity",
+             "schedule.final_sparsity")
 #: the order methods appear in a table (others follow, alphabetically): the paper's references and
 #: baselines first (Lead-3, dense, MvP, ITP, LoSparse), then ours, MGPP last as in the paper
 METHOD_ORDER = ("lead3", "dense", "mvp", "itp", "losparse", "gmp", "l2", "pa", "mgpp")
@@ -39,8 +42,57 @@ def metric_columns(task: dict) -> list[tuple[str, str]]:
 
 
 def percent_scale(task: dict) -> float:
-    """100 for metrics in [0, 1]; 1 for SQuAD, whose official EM/F1 are percentages already."""
-    return 1.0 if "exact_match" in (task.get("metrics") or []) else 100.0
+    """What the task's metric values are multiplied by to read in percent: its class's ``metric_scale``
+    (GLUE 100; SQuAD, ROUGE, MLM loss/perplexity 1)."""
+    target = task.get("_target_")
+    if target:
+        try:
+            from hydra.utils import get_class
+
+            return float(get_class(target).metric_scale)
+        except Exception:  # a class this installation lacks: fall back on the metric names
+            pass
+    percent_already = {"exact_match", "rouge1", "rouge2", "rougeLsum", "loss", "perplexity"}
+    return 1.0 if percent_already & set(task.get("metrics") or []) else 100.0
+
+
+def target_sparsity(run: Run) -> float:
+    """The sparsity a run aimed at, as it wrote it (dense: 0, whatever its config's ``sparsity`` said)."""
+    if run.metrics and "target_sparsity" in run.metrics:
+        return float(run.metrics["target_sparsity"])
+    return 0.0 if run.get("method.name") == "dense" else float(run.get("sparsity", 0.0))
+
+
+def _split_keys(members: Sequence[Run]) -> list[str]:
+    """Config keys (other than :data:`SEED_KEYS`) whose values differ between ``members``."""
+    from ..run_folder import flatten, portable
+
+    flats = [{k: portable(v) for k, v in flatten(r.config).items()} for r in members]
+    keys = set().union(*flats)
+    seed_key = lambda k: any(k == s or k.startswith(s + ".") for s in SEED_KEYS)  # noqa: E731
+    return sorted(k for k in keys if not seed_key(k) and len({repr(f.get(k)) for f in flats}) > 1)
+
+
+def group_runs(runs: Sequence[Run], by: Sequence[str] = ()) -> dict[tuple, list[Run]]:
+    """``{(experiment, task, method, target sparsity, by): runs}``: the seeds of one cell.
+
+    ``by`` holds the ``--by`` keys and, on top, every config key whose value differs within a
+    cell (another model, learning rate, prior ...): such runs are never averaged as seeds.
+    """
+    from ..run_folder import flatten, portable
+
+    first: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        first[(run.get("experiment_name", "default"), *(run.get(k) for k in GROUP_KEYS), target_sparsity(run),
+               tuple((k, run.get(k)) for k in by))].append(run)
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for (*cell, by_values), members in first.items():
+        split = [k for k in _split_keys(members) if k not in dict(by_values)]
+        for run in members:
+            flat = flatten(run.config)
+            extra = tuple((k, portable(flat.get(k))) for k in split)
+            groups[(*cell, by_values + extra)].append(run)
+    return groups
 
 
 def _sparsity_key(value: Any) -> str:
@@ -173,11 +225,7 @@ def summarize(runs: Sequence[Run], by: Sequence[str] = (), paper: Sequence[Paper
     ``paper``: the paper's cells to put beside each row (default: those the runs' configs carry).
     """
     paper = cells_from_runs(runs) if paper is None else paper
-    groups: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
-        key = (run.get("experiment_name", "default"), *(run.get(k) for k in GROUP_KEYS),
-               tuple((k, run.get(k)) for k in by))
-        groups[key].append(run)
+    groups = group_runs(runs, by)
     rows = []
     for (experiment, task, method, sparsity, by_values), members in groups.items():
         done = [r for r in members if r.finished]
@@ -190,14 +238,13 @@ def summarize(runs: Sequence[Run], by: Sequence[str] = (), paper: Sequence[Paper
             values = [scale * float(r.metrics[key]) for r in done if key in r.metrics]
             means.append(statistics.fmean(values) if values else math.nan)
             stds.append(statistics.stdev(values) if len(values) > 1 else math.nan)
-        dense = method == "dense"
         rows.append(Row(
-            experiment=experiment, task=task, method=method, sparsity=0.0 if dense else float(sparsity),
+            experiment=experiment, task=task, method=method, sparsity=float(sparsity),
             by=by_values, labels=[label for _, label in columns], means=means, stds=stds,
             seeds=sorted(int(r.get("seed", 0)) for r in done),
             achieved_sparsity=statistics.fmean(float(r.metrics.get("sparsity", 0.0)) for r in done),
             wall_time_s=statistics.fmean(float(r.metrics.get("wall_time_s", math.nan)) for r in done),
-            paper=_paper_numbers(paper, experiment, task, method, 0.0 if dense else sparsity),
+            paper=_paper_numbers(paper, experiment, task, method, sparsity),
             paper_table=done[0].get("paper.table"), unfinished=len(members) - len(done),
             collapsed=sum(is_collapsed(r.metrics) for r in done),
         ))
@@ -243,30 +290,32 @@ class Difference:
 
 def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[str] = ("l2", "gmp", "pa"),
                 ) -> list[Difference]:
-    """Per experiment, task and sparsity: ``reference - other`` for each metric, over the seeds both have."""
-    values: dict[tuple, dict[int, list[float]]] = defaultdict(dict)
-    labels: dict[str, list[str]] = {}
-    for run in runs:
-        if not run.finished:
+    """Per experiment, task, sparsity (and split keys): ``reference - other`` for each metric, over the
+    seeds both have."""
+    cells: dict[tuple, dict[int, list[float]]] = {}
+    labels: dict[tuple, list[str]] = {}
+    for (experiment, task, method, sparsity, by_values), members in group_runs(runs).items():
+        done = [r for r in members if r.finished]
+        if not done:
             continue
-        task_cfg = run.config.get("task") or {}
+        task_cfg = done[0].config.get("task") or {}
         columns, scale = metric_columns(task_cfg), percent_scale(task_cfg)
-        labels[task_cfg.get("name")] = [label for _, label in columns]
-        key = (run.get("experiment_name", "default"), run.get("task.name"), _sparsity_key(run.get("sparsity")),
-               run.get("method.name"))
-        values[key][int(run.get("seed", 0))] = [scale * float(run.metrics.get(k, math.nan)) for k, _ in columns]
+        key = (experiment, task, _sparsity_key(sparsity), by_values)
+        labels[key] = [label for _, label in columns]
+        cells[key + (method,)] = {int(r.get("seed", 0)): [scale * float(r.metrics.get(k, math.nan)) for k, _ in columns]
+                                  for r in done}
     out = []
-    for (experiment, task, sparsity, method), by_seed in sorted(values.items()):
-        if method != reference:
-            continue
+    for key, label_list in sorted(labels.items(), key=str):
+        mine = cells.get(key + (reference,), {})
         for other in others:
-            theirs = values.get((experiment, task, sparsity, other), {})
-            seeds = sorted(set(by_seed) & set(theirs))
+            theirs = cells.get(key + (other,), {})
+            seeds = sorted(set(mine) & set(theirs))
             if not seeds:
                 continue
-            for i, label in enumerate(labels[task]):
+            experiment, task, sparsity, _ = key
+            for i, label in enumerate(label_list):
                 out.append(Difference(experiment, task, float(sparsity), reference, other, label,
-                                      [by_seed[s][i] - theirs[s][i] for s in seeds]))
+                                      [mine[s][i] - theirs[s][i] for s in seeds]))
     return out
 
 
@@ -289,7 +338,7 @@ def differences_markdown(diffs: Sequence[Difference]) -> str:
 
 
 def _method_label(row: Row) -> str:
-    extra = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in row.by)
+    extra = ", ".join(f"{k}={v}" for k, v in row.by)
     return f"{row.method} ({extra})" if extra else row.method
 
 
@@ -343,6 +392,10 @@ def to_markdown(rows: Sequence[Row], paper: Sequence[PaperCell] = ()) -> str:
                      f"{NOT_CONVERGED}: the paper's non-convergence.")
         if not mine:
             note += " No finished run of ours yet."
+        split = sorted({k for r in mine for k, _ in r.by})
+        if split:
+            note += (f" Runs whose configs differ in {', '.join(split)} are kept apart (shown in the method "
+                     "column), never averaged as seeds.")
         out.append(note + (f" {unfinished} unfinished runs not counted." if unfinished else ""))
         out.append("")
     return "\n".join(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -48,6 +49,11 @@ def load_model(model_cfg: DictConfig, auto_class, **kwargs) -> tuple[PreTrainedM
 @dataclass
 class Task:
     """Interface of a task family; subclasses add their own settings as fields."""
+
+    #: what a metric value is multiplied by to read in percent, as the paper prints it: 100 for
+    #: fractions (GLUE accuracy, F1, correlations), 1 for scores already in percent (SQuAD EM/F1,
+    #: ROUGE) and for quantities that are not percentages at all (MLM loss, perplexity)
+    metric_scale: ClassVar[float] = 100.0
 
     name: str
     #: names of the metrics :meth:`evaluate` returns (without split prefixes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer
@@ -42,6 +42,8 @@ def _load_files(files: list[str], text_key: str, data_dir: str | None):
 @dataclass
 class MaskedLMTask(Task):
     """Masked language modelling on a hub corpus or local ``.txt`` / ``.jsonl`` files."""
+
+    metric_scale: ClassVar[float] = 1.0  # loss and perplexity are not percentages
 
     name: str = "mlm"
     metrics: list[str] = field(default_factory=lambda: ["loss", "perplexity"])

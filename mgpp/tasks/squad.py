@@ -15,7 +15,7 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 from datasets import Dataset
@@ -113,6 +113,8 @@ class QuestionAnsweringTrainer(Trainer):
 @dataclass
 class SquadTask(Task):
     """SQuAD v1.1: hub ``rajpurkar/squad``, or local files in the official JSON format."""
+
+    metric_scale: ClassVar[float] = 1.0  # EM/F1 are percentages already
 
     name: str = "squad"
     metrics: list[str] = field(default_factory=lambda: ["exact_match", "f1"])

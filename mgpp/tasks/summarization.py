@@ -9,7 +9,7 @@ layers (the default target patterns); shared embeddings and the LM head are neve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
@@ -24,6 +24,8 @@ __all__ = ["SummarizationTask"]
 @dataclass
 class SummarizationTask(Task):
     """Document -> summary; hub dataset, or local JSONL files with ``source_key`` / ``target_key`` fields."""
+
+    metric_scale: ClassVar[float] = 1.0  # ROUGE in percent already
 
     name: str = "xsum"
     metrics: list[str] = field(default_factory=lambda: ["rouge1", "rouge2", "rougeLsum"])
