@@ -5,11 +5,11 @@ The engine is a handful of small, composable pieces:
 * :mod:`mgpp.priors` -- ``MixtureGaussian``, ``L2``, ``NoPrior``
 * :mod:`mgpp.schedules` -- ``CubicSparsity``, ``PriorAnnealing``, ``NoPruning``
 * :mod:`mgpp.pruning` -- ``TargetSelector``, ``MagnitudeScore``, ``GlobalPruner``, ``kth_smallest``
-* :mod:`mgpp.methods` -- the presets ``dense``, ``gmp``, ``l2``, ``mgpp``, ``pa``
+* :mod:`mgpp.methods` -- ``PruningMethod``; ``preset(name, **knobs)`` builds a method of ``conf/method/``
 * :mod:`mgpp.callback` -- ``PruningCallback`` for the Hugging Face ``Trainer``
 """
 
-from .methods import PRESETS, PruningMethod, preset
+from .methods import PruningMethod, method_names, preset
 from .priors import L2, Laplace, MixtureGaussian, NoPrior, Prior
 from .pruning import GlobalPruner, MagnitudeScore, TargetSelector, kth_smallest
 from .schedules import CubicSparsity, FixedSparsity, NoPruning, PriorAnnealing
@@ -21,5 +21,5 @@ __all__ = [
     "Laplace", "NoPrior",
     "CubicSparsity", "PriorAnnealing", "NoPruning", "FixedSparsity",
     "TargetSelector", "MagnitudeScore", "GlobalPruner", "kth_smallest",
-    "PruningMethod", "PRESETS", "preset",
+    "PruningMethod", "method_names", "preset",
 ]

@@ -151,6 +151,15 @@ class TrainConfig:
     seed: int = 42
     #: target fraction of zero weights among the prunable weights
     sparsity: float = 0.9
+    #: the prior's knobs (Eq. 2), read by every prior file: slab weight, spike and slab variances
+    lam: float = 1e-7
+    sigma0_sq: float = 1e-10
+    sigma1_sq: float = 0.05
+    #: the schedule's knobs (Eq. 1, 5), read by every schedule file: int steps (negative: from the
+    #: end) or float fractions of training; prune every ``prune_every`` steps before ``t_f``
+    t_i: Any = 0.1
+    t_f: Any = 0.7
+    prune_every: int = 10
     #: training examples n of Eq. 5; None: the size of the training set
     train_size: Optional[int] = None
     #: local data root (glue/, squad/, summarization/); None: $MGPP_DATA_DIR, ../shared/data, else the hub

@@ -25,8 +25,8 @@ __all__ = ["Histogram", "MetricLogger", "JSONLLogger", "WandbLogger", "TensorBoa
 
 #: the config keys that identify a run on a dashboard (TensorBoard HParams, W&B run name and tags)
 HPARAM_KEYS = ("task.name", "method.name", "sparsity", "seed", "model.name", "trainer.learning_rate",
-               "trainer.adam_beta2", "trainer.max_grad_norm", "prior.lam", "prior.sigma0_sq", "prior.sigma1_sq",
-               "schedule.t_i", "schedule.t_f", "schedule.prune_every", "train_size")
+               "trainer.adam_beta2", "trainer.max_grad_norm", "lam", "sigma0_sq", "sigma1_sq", "t_i", "t_f",
+               "prune_every", "train_size")
 
 
 def hparams_of(run_config: dict | None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Pruning methods: a prior, a schedule, a pruner and a target selector, composed.
 
-The training code only ever sees a :class:`PruningMethod`; the five methods of the
-paper are presets that fill its slots differently (no branching on method names):
+The training code only ever sees a :class:`PruningMethod`. The methods of the paper are the
+files of ``conf/method/`` (each picks a prior and a schedule file; no branching on method
+names anywhere); :func:`preset` builds one from those same files, for use without Hydra:
 
 ========  =====================  ======================================================
 method    prior                  schedule
@@ -17,16 +18,13 @@ pa        MixtureGaussian        PriorAnnealing (one-shot prune, then the loss o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
 
-from .priors import L2, MixtureGaussian, NoPrior, Prior
+from .priors import NoPrior, Prior
 from .pruning import GlobalPruner, TargetSelector
-from .schedules import PA_SIGMA0_SQ_FINAL, CubicSparsity, NoPruning, PriorAnnealing, Schedule, Step
+from .schedules import NoPruning, Schedule
 
-__all__ = ["PruningMethod", "dense", "gmp", "l2", "mgpp", "pa", "PRESETS", "preset"]
-
-#: Paper defaults (Sec. 4): lambda = 1e-7, sigma0^2 in {1e-9, 1e-10}, sigma1^2 in {0.05, 0.1}.
-LAM, SIGMA0_SQ, SIGMA1_SQ = 1e-7, 1e-10, 0.05
+__all__ = ["PruningMethod", "preset", "method_names"]
 
 
 @dataclass
@@ -39,61 +37,53 @@ class PruningMethod:
     targets: TargetSelector = field(default_factory=TargetSelector)
 
 
-def dense() -> PruningMethod:
-    """Plain fine-tuning, for the unpruned reference."""
-    return PruningMethod()
+def _conf() -> Path:
+    from .train import config_dir
+
+    return Path(config_dir())
 
 
-def gmp(sparsity: float = 0.9, t_i: Step = 0.1, t_f: Step = 0.7, prune_every: int = 10) -> PruningMethod:
-    """Gradual magnitude pruning with the cubic schedule and no prior."""
-    return PruningMethod(NoPrior(), CubicSparsity(sparsity, t_i, t_f, prune_every))
+def method_names() -> list[str]:
+    """The methods ``conf/method/`` defines."""
+    return sorted(p.stem for p in (_conf() / "method").glob("*.yaml"))
 
 
-def l2(
-    sparsity: float = 0.9, sigma1_sq: float = SIGMA1_SQ, t_i: Step = 0.1, t_f: Step = 0.7, prune_every: int = 10
-) -> PruningMethod:
-    """The paper's L2 ablation: a Gaussian prior with the slab variance instead of the mixture."""
-    return PruningMethod(L2(sigma1_sq), CubicSparsity(sparsity, t_i, t_f, prune_every))
+def preset(name: str, **knobs) -> PruningMethod:
+    """The method ``conf/method/<name>.yaml`` with ``knobs`` set, built as ``python -m mgpp.train`` builds it:
+    ``preset("mgpp", sparsity=0.8, sigma1_sq=0.1, t_i=100, t_f=800)``.
+
+    A knob is a top-level key (``sparsity lam sigma0_sq sigma1_sq t_i t_f prune_every``) or a key of
+    the method's prior or schedule (``sigma0_sq_final``, ``compile``); anything else fails by name.
+    """
+    if name not in method_names():
+        raise ValueError(f"unknown method {name!r}; choose one of {method_names()}")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from . import config as _schema  # noqa: F401  registers the schema and resolvers
+    from .train import build_method
+
+    def compose_with(overrides):
+        was = GlobalHydra.instance().is_initialized()
+        if was:  # inside a Hydra app or another compose: keep its state
+            return compose("train", overrides=overrides)
+        with initialize_config_dir(config_dir=str(_conf()), version_base="1.3"):
+            return compose("train", overrides=overrides)
+
+    base = compose_with([f"method={name}", "output_dir=unused"])
+    overrides = [f"method={name}", "output_dir=unused"]
+    for key, value in knobs.items():
+        value = "null" if value is None else repr(value) if isinstance(value, str) else value
+        if key in base and key not in ("prior", "schedule", "pruning"):
+            overrides.append(f"{key}={value}")
+        elif key in (base.schedule or {}):
+            overrides.append(f"schedule.{key}={value}")
+        elif key in (base.prior or {}):
+            overrides.append(f"prior.{key}={value}")
+        else:
+            raise ValueError(f"method {name!r} has no knob {key!r}: top-level {sorted(k for k in base if k in _KNOBS)}, "
+                             f"prior {sorted(base.prior)}, schedule {sorted(base.schedule)}")
+    return build_method(compose_with(overrides))
 
 
-def mgpp(
-    sparsity: float = 0.9,
-    lam: float = LAM,
-    sigma0_sq: float = SIGMA0_SQ,
-    sigma1_sq: float = SIGMA1_SQ,
-    t_i: Step = 0.1,
-    t_f: Step = 0.7,
-    prune_every: int = 10,
-) -> PruningMethod:
-    """MGPP (Algorithm 1): mixture Gaussian prior plus cubic gradual magnitude pruning."""
-    return PruningMethod(MixtureGaussian(lam, sigma0_sq, sigma1_sq), CubicSparsity(sparsity, t_i, t_f, prune_every))
-
-
-def pa(
-    sparsity: float = 0.9,
-    lam: float = LAM,
-    sigma0_sq: float = SIGMA0_SQ,
-    sigma1_sq: float = SIGMA1_SQ,
-    t_f: Step = 0.7,
-    t_i: Step = 0,
-    sigma0_sq_init: float | None = None,
-    sigma0_sq_final: float = PA_SIGMA0_SQ_FINAL,
-) -> PruningMethod:
-    """Prior annealing: sigma0_sq annealed down to ``sigma0_sq_final``, one-shot prune at ``t_f``, then
-    loss-only training under the fixed mask (``sigma0_sq`` is the prior's, unused by the annealing)."""
-    return PruningMethod(
-        MixtureGaussian(lam, sigma0_sq, sigma1_sq),
-        PriorAnnealing(sparsity, t_f, t_i, sigma0_sq_init, sigma0_sq_final),
-    )
-
-
-PRESETS: dict[str, Callable[..., PruningMethod]] = {"dense": dense, "gmp": gmp, "l2": l2, "mgpp": mgpp, "pa": pa}
-
-
-def preset(name: str, **kwargs) -> PruningMethod:
-    """Build a preset by name: ``preset("mgpp", sparsity=0.8, sigma1_sq=0.1)``."""
-    try:
-        factory = PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(PRESETS)}") from None
-    return factory(**kwargs)
+_KNOBS = ("sparsity", "lam", "sigma0_sq", "sigma1_sq", "t_i", "t_f", "prune_every")

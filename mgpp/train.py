@@ -17,7 +17,6 @@ fixed sweep dir (the experiment files) therefore pick up where they stopped.
 from __future__ import annotations
 
 import csv
-import inspect
 import logging
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
@@ -56,27 +55,11 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
-def instantiate_accepted(node: DictConfig):
-    """:func:`build` with only the keys the ``_target_`` accepts.
-
-    Every prior (schedule) file carries the same paper knobs, so that ``prior.sigma1_sq=...``
-    works in a sweep across methods; a class simply ignores the knobs it does not take.
-    Unknown keys on the command line still fail at composition (the files fix the key set).
-    """
-    params = inspect.signature(get_object(node._target_)).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return build(node)
-    kept = OmegaConf.create({k: v for k, v in node.items() if k == "_target_" or k in params},
-                            parent=node._get_parent())
-    kept._set_key(node._key())  # keep the node's name for error messages
-    return build(kept)
-
-
 def build_method(cfg: DictConfig) -> PruningMethod:
     """The engine objects named by the config: no branching on the method's name."""
     return PruningMethod(
-        prior=instantiate_accepted(cfg.prior),
-        schedule=instantiate_accepted(cfg.schedule),
+        prior=build(cfg.prior),
+        schedule=build(cfg.schedule),
         pruner=build(cfg.pruning.pruner),
         targets=TargetSelector(include=list(cfg.pruning.include), exclude=list(cfg.pruning.exclude),
                                min_ndim=cfg.pruning.min_ndim),

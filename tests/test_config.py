@@ -1,5 +1,6 @@
 """Every option of every config group composes; the engine objects build; bad values are named."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def test_groups_cover_the_documented_options():
     ("mgpp", "MixtureGaussian", "CubicSparsity"), ("pa", "MixtureGaussian", "PriorAnnealing"),
 ])
 def test_methods_pick_their_prior_and_schedule(method, prior, schedule):
-    built = build_method(compose_train(f"method={method}", "sparsity=0.8", "prior.sigma1_sq=0.1"))
+    built = build_method(compose_train(f"method={method}", "sparsity=0.8", "sigma1_sq=0.1"))
     assert type(built.prior).__name__ == prior and type(built.schedule).__name__ == schedule
     assert built.schedule.final_sparsity == (0.0 if method == "dense" else 0.8)
     if prior != "NoPrior":
@@ -58,8 +59,61 @@ def test_methods_pick_their_prior_and_schedule(method, prior, schedule):
 
 
 def test_method_and_prior_mix_from_the_command_line():
-    built = build_method(compose_train("method=gmp", "prior=mgp", "prior.sigma0_sq=1e-9"))
+    built = build_method(compose_train("method=gmp", "prior=mgp", "sigma0_sq=1e-9"))
     assert type(built.prior).__name__ == "MixtureGaussian" and built.prior.sigma0_sq == 1e-9
+
+
+def test_each_knob_is_defined_once_and_read_by_every_file():
+    """lam, sigma0_sq, sigma1_sq, t_i, t_f, prune_every are top-level, like sparsity: one override
+    reaches the prior and schedule files of any method; no prior or schedule file restates a value."""
+    mgpp = build_method(compose_train("method=mgpp", "lam=1e-5", "sigma0_sq=1e-9", "sigma1_sq=0.1", "t_i=3",
+                                      "t_f=9", "prune_every=2"))
+    assert (mgpp.prior.lam, mgpp.prior.sigma0_sq, mgpp.prior.sigma1_sq) == (1e-5, 1e-9, 0.1)
+    assert (mgpp.schedule.t_i, mgpp.schedule.t_f, mgpp.schedule.prune_every) == (3, 9, 2)
+    assert build_method(compose_train("method=l2", "sigma1_sq=0.1")).prior.sigma_sq == 0.1
+    pa = build_method(compose_train("method=pa", "t_i=3", "t_f=9"))
+    assert (pa.schedule.t_i, pa.schedule.t_f) == (3, 9)
+    for group in ("prior", "schedule"):
+        for path in (CONF / group).glob("*.yaml"):
+            values = [ln for ln in path.read_text().splitlines() if re.match(r"^(lam|sigma[01]_sq|t_i|t_f|prune_every):", ln)]
+            assert all("${" in ln for ln in values), (path.name, values)  # read from the top level, never restated
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in ("prior", "schedule") for o in options(g)])
+def test_prior_and_schedule_files_list_exactly_their_class_arguments(group, option):
+    import inspect
+
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(CONF / group / f"{option}.yaml")
+    params = inspect.signature(get_class(node._target_)).parameters
+    assert set(node) - {"_target_"} <= set(params), (option, set(node) - set(params))
+
+
+def test_a_key_the_chosen_class_does_not_take_fails_by_name():
+    with pytest.raises(ConfigCompositionException) as err:  # the Laplace prior has no slab variance
+        compose_train("prior=l1", "prior.sigma1_sq=0.1")
+    assert "sigma1_sq" in str(err.value.__cause__ or err.value)
+
+
+def test_schema_defaults_are_the_yaml_defaults():
+    from omegaconf import OmegaConf
+
+    from mgpp.config import ReportConfig, TrainConfig, TrainerConfig
+
+    raw = OmegaConf.load(CONF / "train.yaml")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in raw and not OmegaConf.is_interpolation(raw, f.name) and not isinstance(raw[f.name], (dict,)) \
+                and f.default is not dataclasses.MISSING and f.name not in ("recipe", "paper"):
+            assert raw[f.name] == f.default, f.name
+    report = ReportConfig()
+    assert {k: getattr(report, k) for k in raw.report} == dict(raw.report)
+    trainer_yaml = OmegaConf.load(CONF / "trainer" / "default.yaml")
+    defaults = TrainerConfig()
+    for key, value in trainer_yaml.items():
+        if key != "extra":
+            assert getattr(defaults, key) == value, key
 
 
 def test_misspelt_key_is_named():
@@ -92,7 +146,8 @@ def test_impossible_values_are_named(override, message):
 @pytest.mark.parametrize("override,message", [
     ("prior.lam=1.5", "lam=1.5"),
     ("prior.sigma0_sq=0.5", "sigma0_sq=0.5 >= sigma1_sq=0.05"),
-    ("schedule.t_i=0.8", "t_i=0.8, t_f=0.7"),
+    ("t_i=0.8", "t_i=0.8, t_f=0.7"),
+    ("lam=1.5", "lam=1.5"),
 ])
 def test_bad_engine_values_fail_when_built(override, message):
     with pytest.raises(ValueError, match=message):

@@ -152,7 +152,7 @@ def test_sweep_on_top_of_an_experiment_keeps_the_experiments_recipe():
 def test_optuna_sweep_maximises_the_dev_metric():
     cfg = compose_train("sweep=optuna", "task=mrpc", hydra=True)
     assert cfg.hydra.sweeper.direction == "maximize"
-    assert set(cfg.hydra.sweeper.params) == {"prior.sigma0_sq", "prior.sigma1_sq", "trainer.learning_rate"}
+    assert set(cfg.hydra.sweeper.params) == {"sigma0_sq", "sigma1_sq", "trainer.learning_rate"}
 
 
 @pytest.mark.parametrize("launcher,target", [

@@ -5,7 +5,7 @@ Examples::
     python -m mgpp.report experiments/table6_ablation.yaml                 # the paper's table alone
     python -m mgpp.report experiments/table1_deberta_glue.yaml outputs/experiments/table1_deberta_glue
     python -m mgpp.report outputs/experiments/table1_deberta_glue --out reports/table1
-    python -m mgpp.report outputs/sweeps/sensitivity_lam --by prior.lam
+    python -m mgpp.report outputs/sweeps/sensitivity_lam --by lam
     python -m mgpp.report --wandb my-team/mgpp --wandb-group table1_deberta_glue --out reports/table1
 """
 
@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "or just <name>) whose paper numbers to print beside the runs")
     p.add_argument("--out", default="report", help="output folder (default: ./report)")
     p.add_argument("--by", nargs="*", default=[], metavar="KEY",
-                   help="extra config keys to group by, e.g. prior.lam for a sensitivity sweep")
+                   help="extra config keys to group by, e.g. lam for a sensitivity sweep")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read finished runs from this W&B project")
     p.add_argument("--wandb-group", help="only W&B runs of this group (the experiment name)")
     p.add_argument("--fig2a-methods", default="mgpp,l2", help="methods compared in Fig. 2a (default: mgpp,l2)")

@@ -25,7 +25,7 @@ class Run:
     _records: list[dict] | None = field(default=None, repr=False)
 
     def get(self, dotted: str, default: Any = None) -> Any:
-        """A config value by dotted key (``task.name``, ``prior.lam``)."""
+        """A config value by dotted key (``task.name``, ``lam``)."""
         node: Any = self.config
         for part in dotted.split("."):
             if not isinstance(node, dict) or part not in node:
