@@ -165,3 +165,17 @@ def test_launchers_are_selectable(launcher, target):
     get_class(target)
     if launcher == "slurm":
         assert cfg.hydra.launcher.max_num_timeout > 0  # requeued after a timeout or preemption
+
+
+def test_recipes_and_experiment_values_win_over_the_defaults():
+    """The shared recipe and the experiment files set the top-level knobs; train.yaml's defaults do not
+    override them (the recipe group comes after _self_)."""
+    sst2 = compose_train("experiment=table1_deberta_glue", "task=sst2")
+    built = build_method(sst2)
+    assert (built.prior.sigma0_sq, built.prior.sigma1_sq, built.prior.lam) == (1e-9, 0.1, 1e-7)
+    assert (built.schedule.t_i, built.schedule.t_f, built.schedule.prune_every) == (1000, -5000, 10)
+    assert sst2.trainer.adam_beta2 == 0.98 and sst2.trainer.max_grad_norm == 0.0 and sst2.task.max_length == 512
+    squad = build_method(compose_train("experiment=table3_deberta_squad"))
+    assert (squad.schedule.t_i, squad.schedule.t_f) == (5400, -27000)
+    study = build_method(compose_train("experiment=study_ablation", "task=sst2", "method=pa"))
+    assert (study.schedule.t_i, study.schedule.t_f, study.schedule.sigma0_sq_final) == (0.08, 0.6, 1e-6)
