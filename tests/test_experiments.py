@@ -179,3 +179,24 @@ def test_recipes_and_experiment_values_win_over_the_defaults():
     assert (squad.schedule.t_i, squad.schedule.t_f) == (5400, -27000)
     study = build_method(compose_train("experiment=study_ablation", "task=sst2", "method=pa"))
     assert (study.schedule.t_i, study.schedule.t_f, study.schedule.sigma0_sq_final) == (0.08, 0.6, 1e-6)
+
+
+def test_optuna_sweep_resumes_from_its_sqlite_study(tmp_path):
+    """Two trials, then the same command asking for three runs only the missing one."""
+    import optuna
+    from test_train import QUICK, needs_glue, run_train  # noqa: F401
+
+    from mgpp.tasks.glue_data import find_glue_dir
+
+    if find_glue_dir() is None:
+        pytest.skip("no local GLUE folder")
+    sweep = tmp_path / "sweep"
+    common = ["-m", "sweep=optuna", *QUICK, "trainer.max_steps=8", "trainer.eval_steps=8", "model=tiny_bert",
+              "task=rte", "logger=[jsonl]", "save_model=false", f"hydra.sweep.dir={sweep}"]
+    first = run_train(*common, "hydra.sweeper.n_trials=2")
+    assert "A new study created" not in first.stdout + first.stderr  # Optuna's setup chatter stays quiet
+    second = run_train(*common, "hydra.sweeper.n_trials=3")
+    assert "2 of 3 trials finished" in second.stdout + second.stderr
+    study = optuna.load_study(study_name="mgpp_rte_sparsity0.9", storage=f"sqlite:///{sweep}/optuna.db")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 3
+    assert len(list(sweep.glob("*/metrics.json"))) == 3
