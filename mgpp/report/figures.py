@@ -127,17 +127,34 @@ def style(method: str, points: int = 0) -> dict:
 
 
 def figure2a(runs: Sequence[Run], path: str | Path, methods: Sequence[str] = ("mgpp", "l2"), title: str = "") -> Path | None:
-    """Distribution of the remaining nonzero target weights at the end of training."""
+    """Distribution of the remaining nonzero target weights at the end of training.
+
+    Log-magnitude bins (they show how far the survivors sit from zero) for every run that logged
+    them; a run whose log has only linear bins (older logs) gets a linear panel of its own.
+    """
     chosen = _one_run_per_method(runs, methods)
-    # log10-magnitude histograms where the runs have them (they show the gap at zero), else linear
-    log_scale = all(r.last_histogram(LOG_MAGNITUDE) for r in chosen.values()) and bool(chosen)
-    name = LOG_MAGNITUDE if log_scale else LINEAR
-    hists = {m: r.last_histogram(name) for m, r in chosen.items()}
-    hists = {m: h for m, h in hists.items() if h and h["num"] > 0}
-    if not hists:
+    panels = []
+    for name, log_scale in ((LOG_MAGNITUDE, True), (LINEAR, False)):
+        hists = {}
+        for method, run in chosen.items():
+            if any(method in drawn for drawn, _ in panels):
+                continue
+            h = run.last_histogram(name)
+            if h and h["num"] > 0:
+                hists[method] = h
+        if hists:
+            panels.append((hists, log_scale))
+    if not panels:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
+    for ax, (hists, log_scale) in zip(axes[0], panels):
+        _draw_histograms(ax, hists, chosen, log_scale)
+    fig.suptitle(f"Fig. 2a: remaining weights {title}".strip())
+    return _save(fig, path)
+
+
+def _draw_histograms(ax, hists: dict, chosen: dict, log_scale: bool) -> None:
     for i, (method, h) in enumerate(hists.items()):
         edges, counts = np.asarray(h["edges"]), np.asarray(h["counts"], dtype=float)
         if log_scale:
@@ -154,16 +171,14 @@ def figure2a(runs: Sequence[Run], path: str | Path, methods: Sequence[str] = ("m
                     markevery=(i % every, every), label="_nolegend_")
     if log_scale:
         ax.set_xscale("log")
-        ax.set_xlabel("|remaining nonzero weight|")
+        ax.set_xlabel("|remaining nonzero weight| (log-magnitude bins)")
         occupied = [10.0 ** h["edges"][i] for h in hists.values() for i, c in enumerate(h["counts"]) if c]
         ax.set_xlim(left=min(occupied) / 3)
     else:
         ax.set_yscale("log")
-        ax.set_xlabel("remaining nonzero weight")
+        ax.set_xlabel("remaining nonzero weight (linear bins)")
     ax.set_ylabel("fraction of nonzero weights per bin")
-    ax.set_title(f"Fig. 2a: remaining weights {title}".strip())
     ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
 def figure2b(runs: Sequence[Run], path: str | Path, methods: Sequence[str] = ("mgpp", "l2", "gmp", "pa"),
