@@ -2,7 +2,7 @@
 # The ablation study (experiments/study_ablation.yaml) as run on the project's 2-core machine: a queue
 # of single runs, two at a time with one thread each (measured: 10% more throughput than one run on
 # both cores), in priority order -- seed 1 of the required blocks first, so every block has a first
-# answer early. Resumable: rerun it after an interruption; finished runs (metrics.json) are skipped in
+# answer early, and each task's dense reference before its pruned runs. Resumable: rerun it after an interruption; finished runs (metrics.json) are skipped in
 # a second, interrupted ones continue from their last checkpoint. Then the report.
 #   experiments/results/study_ablation/run.sh                 # everything below
 #   BLOCKS="mrpc90 mrpc_dense" SEEDS="1" experiments/results/study_ablation/run.sh   # a part of it
@@ -24,7 +24,7 @@ declare -A BLOCK=(
   [sst2_80]="task=sst2 sparsity=0.8 method=gmp l2 pa mgpp"
   [mrpc70]="task=mrpc sparsity=0.7 method=gmp l2 pa mgpp"
 )
-BLOCKS=${BLOCKS:-"mrpc90 mrpc_dense sst2_90 sst2_dense mrpc80 stsb90 stsb_dense rte90 rte_dense sst2_80"}
+BLOCKS=${BLOCKS:-"mrpc_dense sst2_dense mrpc90 sst2_90 mrpc80 stsb_dense stsb90 rte_dense rte90 sst2_80"}
 SEEDS=${SEEDS:-"1 2 3"}
 queue() {
   for seed in $SEEDS; do
