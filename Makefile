@@ -33,10 +33,11 @@ test: install
 bench: install
 	$(PY) benchmarks/bench_engine.py
 
-# The measured small-scale study (MiniLM-L6, SST-2/MRPC/RTE/STS-B at 90%, 5 methods x 2 seeds, about
-# 2 hours on 2 cores), then its report. Resumable: run it again after an interruption.
+# The ablation study (MiniLM-L6; dense, GMP, L2, PA, MGPP x 3 seeds; MRPC 90/80%, SST-2 90%, then
+# STS-B, RTE, SST-2 80%: many hours on 2 cores), then its report. Resumable: run it again after an
+# interruption. (The earlier 200-step study: experiments/results/study_minilm/run.sh.)
 study: install
-	experiments/results/study_minilm/run.sh
+	experiments/results/study_ablation/run.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
