@@ -101,9 +101,9 @@ def _add_(grads: Sequence[Tensor], updates: Sequence[Tensor], alpha: float) -> N
     """``grads += alpha * updates``; updates are float32, grads may be any float dtype."""
     if all(g.dtype == torch.float32 for g in grads):
         torch._foreach_add_(list(grads), list(updates), alpha=alpha)
-    else:
+    else:  # scale in float32 first: the unscaled update may exceed the half-precision range
         for g, u in zip(grads, updates):
-            g.add_(u.to(g.dtype), alpha=alpha)
+            g.add_((u * alpha).to(g.dtype))
 
 
 def _mixture_update(params, grads, c1, c2, a, b):
@@ -139,6 +139,10 @@ class MixtureGaussian(Prior):
             raise ValueError(f"lam (mixture weight of the slab) must lie in (0, 1), got lam={self.lam!r}")
         _check_positive("sigma0_sq", self.sigma0_sq)
         _check_positive("sigma1_sq", self.sigma1_sq)
+        tiny = torch.finfo(torch.float32).tiny  # below it, 1/sigma^2 overflows the float32 gradient
+        for name, value in (("sigma0_sq", self.sigma0_sq), ("sigma1_sq", self.sigma1_sq)):
+            if value < tiny:
+                raise ValueError(f"{name} must be at least the smallest float32 normal {tiny:.3g}, got {name}={value!r}")
         if self.sigma0_sq >= self.sigma1_sq:
             raise ValueError(
                 "the spike variance must be smaller than the slab variance, got "
@@ -173,13 +177,20 @@ class MixtureGaussian(Prior):
         return -torch.logaddexp(log_spike, log_slab)
 
     def spike_probability(self, theta: Tensor) -> Tensor:
-        """g of Eq. 4, as a sigmoid so that no exponential of a huge number is formed."""
-        return torch.sigmoid(-(self.c1 + self.c2 * (theta * theta)))
+        """g of Eq. 4, as a sigmoid so that no exponential of a huge number is formed (in float32 at
+        least: c2 = 0.5/sigma0_sq overflows half precision)."""
+        x = theta if theta.dtype in (torch.float32, torch.float64) else theta.float()
+        g = torch.sigmoid(-(self.c1 + self.c2 * (x * x)))
+        return g.to(theta.dtype)
 
     def grad(self, theta: Tensor) -> Tensor:
-        g = self.spike_probability(theta)
+        """Eq. 4, in float32 for fp16/bf16 weights (float64 stays float64): 1/sigma0_sq = 1e10 and the
+        spike's pull on weights near 1e-5 (~1e5) overflow half precision, so half weights get a
+        float32 gradient, which callers scale by eta/n before adding it to their gradients."""
+        x = theta if theta.dtype in (torch.float32, torch.float64) else theta.float()
+        g = torch.sigmoid(-(self.c1 + self.c2 * (x * x)))
         inv0, inv1 = 1.0 / self.sigma0_sq, 1.0 / self.sigma1_sq
-        return theta * (inv1 + g * (inv0 - inv1))
+        return x * (inv1 + g * (inv0 - inv1))
 
     def crossover(self) -> float:
         """|theta| where ``(1-lam) N(theta; 0, sigma0_sq) = lam N(theta; 0, sigma1_sq)`` (c1 + c2 theta^2 = 0).

@@ -287,13 +287,18 @@ class GlobalPruner:
             return PruneResult(sparsity, 0, numel, None)
         chunk_numel = self.chunk_numel or default_chunk_numel(params[0].device)
         threshold, below, equal = _select(params, k, self.score, chunk_numel)
+        if not math.isfinite(threshold):
+            raise ValueError(f"cannot prune: the pruning threshold is {threshold} (non-finite scores: the weights "
+                             "hold NaN or inf)")
         ties_left = k - below  # >= 1: the k-th element itself sits at the threshold
-        if ties_left == equal:  # every tied weight goes (the usual case): one comparison decides
-            for chunk in _chunks(params, chunk_numel):
-                chunk.masked_fill_(self.score(chunk) <= threshold, 0.0)
-            return PruneResult(sparsity, k, numel, threshold)
+        every_tie = ties_left == equal  # every tied weight goes (the usual case): one comparison decides
         for chunk in _chunks(params, chunk_numel):
             s = self.score(chunk)
+            if not bool(torch.isfinite(s).all()):  # NaN sorts above every number: it would survive silently
+                raise ValueError("cannot prune: non-finite scores (the weights hold NaN or inf); the run diverged")
+            if every_tie:
+                chunk.masked_fill_(s <= threshold, 0.0)
+                continue
             chunk.masked_fill_(s < threshold, 0.0)
             if ties_left > 0:
                 tied = (s == threshold).view(-1).nonzero().view(-1)[:ties_left]

@@ -158,3 +158,27 @@ def test_laplace_is_the_l1_penalty():
     assert torch.equal(prior.grad(theta), torch.sign(theta) / 0.1)
     with pytest.raises(ValueError, match="scale"):
         Laplace(0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mixture_gradient_in_half_precision_is_the_float32_one(dtype):
+    """1/sigma0_sq = 1e10 overflows fp16: half weights get the float32 gradient of their value, and
+    adding it (scaled by 1/n) into half gradients stays finite."""
+    prior = MixtureGaussian(1e-7, 1e-10, 0.05)
+    theta = torch.cat([torch.zeros(1), torch.logspace(-8, 0, 200)]).to(dtype)
+    got = prior.grad(theta)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, prior.grad(theta.float()), rtol=0, atol=0)
+    assert got[0] == 0  # theta = 0: no pull (NaN in half precision before)
+    for n in (1, 1000):
+        grads = [torch.zeros_like(theta)]
+        prior.add_grad_([theta], grads, 1.0 / n)
+        expected = (prior.grad(theta.float()) / n).to(dtype)
+        assert torch.isfinite(grads[0]).all() or n == 1  # at n=1 the true value exceeds fp16's range
+        if n > 1:
+            torch.testing.assert_close(grads[0], expected, rtol=1e-2, atol=0)
+
+
+def test_variances_below_the_float32_normal_range_are_refused():
+    with pytest.raises(ValueError, match="smallest float32 normal"):
+        MixtureGaussian(1e-7, 1e-45, 0.05)

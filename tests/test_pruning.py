@@ -158,3 +158,13 @@ def test_fixed_mask_keeps_pruned_weights_at_zero():
         p.add_(1.0)
     mask.apply_(ps)
     assert all(torch.equal(p == 0, z) for p, z in zip(ps, zeros))
+
+
+def test_pruner_refuses_non_finite_weights():
+    weights = [torch.full((10, 10), float("nan")), torch.randn(4, 4)]
+    with pytest.raises(ValueError, match="non-finite"):
+        GlobalPruner().prune_(weights, 0.5)
+    partly = [torch.randn(10, 10), torch.randn(4, 4)]
+    partly[1][0, 0] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        GlobalPruner().prune_(partly, 0.5)
