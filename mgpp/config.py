@@ -199,8 +199,32 @@ def register() -> None:
 register()
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _refuse_unknown_keys(cfg: DictConfig) -> None:
+    """``+sparsty=0.9`` (the form Hydra's own error suggests) adds a key the schema does not know, and
+    the run would train with the default; refuse it by name. ``trainer.extra`` is the escape hatch."""
+    import difflib
+
+    checks = [("", cfg, TrainConfig), ("trainer.", cfg.trainer, TrainerConfig), ("report.", cfg.report, ReportConfig),
+              ("model.", cfg.model, ModelConfig), ("method.", cfg.method, MethodConfig)]
+    for prefix, node, schema in checks:
+        known = {f.name for f in fields(schema)} | {"hydra"}
+        unknown = [k for k in node if k not in known]
+        if unknown:
+            hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            shown = ", ".join(f"{prefix}{k}" + (f" (did you mean {prefix}{h[0]}?)" if h else "") for k, h in hints.items())
+            raise ValueError(f"unknown config key(s): {shown}. Fix the name; to pass a TrainingArguments field this "
+                             "transformers version lacks, use +trainer.extra.<name>=...")
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks that the schema's types cannot express; raises ValueError naming the key."""
+    _refuse_unknown_keys(cfg)
     if cfg.output_dir is None:
         raise ValueError("output_dir is not set: run through python -m mgpp.train, or pass output_dir=<folder>")
     if not 0.0 <= cfg.sparsity < 1.0:
@@ -214,6 +238,16 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError("model needs model.pretrained (hub id or folder) or model.config (random init)")
     if cfg.trainer.bf16 and cfg.trainer.fp16:
         raise ValueError("trainer.bf16 and trainer.fp16 are exclusive")
+    if cfg.trainer.fp16 and not _cuda_available():
+        raise ValueError("trainer.fp16=true needs a CUDA GPU (its loss scaling is a GPU feature); on a CPU train in "
+                         "float32, or with trainer.bf16=true where the CPU supports it")
+    if cfg.trainer.gradient_accumulation_steps < 1:
+        raise ValueError("trainer.gradient_accumulation_steps must be at least 1, got "
+                         f"trainer.gradient_accumulation_steps={cfg.trainer.gradient_accumulation_steps}")
+    if cfg.report.histogram_bins < 1 or cfg.report.histogram_every < 0:
+        raise ValueError("report.histogram_bins must be >= 1 and report.histogram_every >= 0 (0: never), got "
+                         f"report.histogram_bins={cfg.report.histogram_bins}, "
+                         f"report.histogram_every={cfg.report.histogram_every}")
     for key, instead in OWNED_TRAINER_FIELDS.items():
         if cfg.trainer.get(key) is not None or key in (cfg.trainer.extra or {}):
             raise ValueError(f"trainer.{key} is set by mgpp itself; use {instead}")

@@ -215,3 +215,24 @@ def test_resume_compares_the_keys_both_configs_have():
     assert _config_changes(saved, current) == []  # added/removed keys and the venv's location do not count
     current["trainer"]["lr"] = 3e-4
     assert _config_changes(saved, current) == ["trainer.lr"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+sparsty=0.5", "sparsty (did you mean sparsity?)"),
+    ("+trainer.learnig_rate=0.1", "trainer.learnig_rate (did you mean trainer.learning_rate?)"),
+    ("trainer.gradient_accumulation_steps=0", "gradient_accumulation_steps must be at least 1"),
+    ("report.histogram_bins=0", "report.histogram_bins must be >= 1"),
+])
+def test_silent_mistakes_are_refused_by_name(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate(compose_train(override))
+    validate(compose_train("+trainer.extra.dataloader_drop_last=true"))  # the documented escape hatch
+
+
+def test_fp16_on_a_cpu_is_refused():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="fp16=true needs a CUDA GPU"):
+        validate(compose_train("trainer.fp16=true"))
