@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 import torch
@@ -151,8 +152,30 @@ class PruningCallback(TrainerCallback):
         if scaler._per_optimizer_states[id(optimizer)]["stage"] is not OptState.UNSCALED:
             accelerator.unscale_gradients()
 
+    @torch.no_grad()
+    def check_finite_gradients(self, t: int) -> None:
+        """Stop at the step a NaN or inf appears in the target weights' gradients (a diverging loss,
+        an overflow), before the optimizer writes it into the weights: one norm per tensor."""
+        grads = [p.grad for p in self.targets.params if p.grad is not None]
+        if not grads:
+            return
+        norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
+        if not bool(torch.isfinite(norms).all()):
+            bad = [name for name, n in zip(self.targets.names, norms.tolist()) if not math.isfinite(n)]
+            checkpoint = ""
+            if self.trainer is not None:
+                from transformers.trainer_utils import get_last_checkpoint
+
+                last = get_last_checkpoint(self.trainer.args.output_dir) if os.path.isdir(self.trainer.args.output_dir) else None
+                checkpoint = f"; the last checkpoint is {last}" if last else "; no checkpoint was saved"
+            raise FloatingPointError(
+                f"non-finite gradients at optimizer step {t} in {len(bad)} target tensor(s), e.g. {bad[0]}: the loss "
+                f"diverged{checkpoint}. Try a lower trainer.learning_rate, gradient clipping (trainer.max_grad_norm), "
+                "float32 instead of fp16, or a larger train_size (a weaker prior)")
+
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self._unscale_fp16_gradients()
+        self.check_finite_gradients(state.global_step + 1)
         self.add_prior_grad(state.global_step + 1)
 
     def on_optimizer_step(self, args, state, control, **kwargs):

@@ -263,3 +263,20 @@ def test_logging_asks_the_pruning_callback_and_leaves_the_trainers_logs_alone(tm
     steps = [r["step"] for r in train]
     assert len(steps) == len(set(steps)) == STEPS // 6
     assert train[-1]["pruning/sparsity_after_last_prune"] == num_to_prune(0.5, pruning.targets.numel) / pruning.targets.numel
+
+
+def test_a_diverging_run_stops_at_the_step_it_diverges(tmp_path):
+    """A NaN in the gradients stops training before the optimizer writes it into the weights."""
+
+    class Poison(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if state.global_step + 1 == 5:
+                model.bert.encoder.layer[0].output.dense.weight.grad[0, 0] = float("nan")
+
+    model = tiny_bert()
+    pruning = PruningCallback(preset("mgpp", sparsity=0.5, **SCHEDULE), train_size=N)
+    trainer = make_trainer(tmp_path, model, [Poison()])
+    pruning.attach(trainer)  # after Poison: it sees the poisoned gradient
+    with pytest.raises(FloatingPointError, match="non-finite gradients at optimizer step 5"):
+        trainer.train()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
