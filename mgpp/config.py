@@ -207,7 +207,7 @@ def _cuda_available() -> bool:
 
 def _refuse_unknown_keys(cfg: DictConfig) -> None:
     """``+sparsty=0.9`` (the form Hydra's own error suggests) adds a key the schema does not know, and
-    the run would train with the default; refuse it by name. ``trainer.extra`` is the escape hatch."""
+    the run would train with the default; refuse it by name."""
     import difflib
 
     checks = [("", cfg, TrainConfig), ("trainer.", cfg.trainer, TrainerConfig), ("report.", cfg.report, ReportConfig),
@@ -218,8 +218,8 @@ def _refuse_unknown_keys(cfg: DictConfig) -> None:
         if unknown:
             hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
             shown = ", ".join(f"{prefix}{k}" + (f" (did you mean {prefix}{h[0]}?)" if h else "") for k, h in hints.items())
-            raise ValueError(f"unknown config key(s): {shown}. Fix the name; to pass a TrainingArguments field this "
-                             "transformers version lacks, use +trainer.extra.<name>=...")
+            raise ValueError(f"unknown config key(s): {shown}. Fix the name (every TrainingArguments field of the "
+                             "installed transformers is a trainer.<name> key already)")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -257,3 +257,7 @@ def validate(cfg: DictConfig) -> None:
     unknown = [k for k in cfg.trainer.extra if k not in known]
     if unknown:
         raise ValueError(f"trainer.extra has keys that TrainingArguments does not know: {unknown}")
+    shadowing = [k for k in cfg.trainer.extra if k in cfg.trainer and k != "extra"]
+    if shadowing:  # one value per field: trainer.<name> is the place, extra only for fields the schema lacks
+        raise ValueError(f"set {', '.join('trainer.' + k for k in shadowing)} directly, not in trainer.extra "
+                         "(both would name the same TrainingArguments field)")

@@ -31,7 +31,9 @@ CHECKPOINT_DIR = "checkpoints"
 MASK_FILE = "mask.safetensors"
 LAYER_COLUMNS = ("parameter", "weights", "zeros", "sparsity")
 #: config keys that may change between an interrupted run and its resumption
-RESUME_IGNORES = ("output_dir", "resume", "logger", "trainer.disable_tqdm")
+RESUME_IGNORES = ("output_dir", "resume", "logger", "trainer.disable_tqdm", "paper", "recipe")
+# (an experiment file's paper numbers and its recipe table: what a run uses of the recipe shows in
+# the resolved trainer/prior/schedule keys, which are compared)
 
 # -- logged keys ------------------------------------------------------------------------------
 #: the Trainer's own training-log keys, shown under train/ on a dashboard (as the HF W&B integration does)
@@ -62,8 +64,8 @@ def key_aliases(key: str) -> tuple[str, ...]:
 
 # -- config comparison --------------------------------------------------------------------------
 def flatten(node, prefix: str = "") -> dict[str, Any]:
-    """``{"a.b.c": value}`` of a nested dict."""
-    if isinstance(node, dict):
+    """``{"a.b.c": value}`` of a nested dict; an empty dict is a value of its own."""
+    if isinstance(node, dict) and (node or not prefix):
         out = {}
         for key, value in node.items():
             out |= flatten(value, f"{prefix}{key}.")
@@ -82,14 +84,22 @@ def portable(value: Any) -> Any:
 def config_changes(saved: dict, current: dict, ignore: Iterable[str] = RESUME_IGNORES) -> list[str]:
     """Keys whose values differ between two resolved configs, except ``ignore`` (and their children).
 
-    Only keys both configs have are compared: a key that one of them lacks was added or removed by a
+    Keys both configs have are compared. A key that only one of them has was added or removed by a
     change of mgpp itself (a new ``trainer.`` field, say), which a rerun of an older run folder must
-    survive; a value the user changed is caught because its key is in both.
+    survive, unless the new key sits under a node the old config held as a value (``trainer.extra``
+    was ``{}``): then the user added a setting, and it counts.
     """
     old, new = flatten(saved), flatten(current)
     ignore = tuple(ignore)
     ignored = lambda key: any(key == k or key.startswith(k + ".") for k in ignore)  # noqa: E731
-    return sorted(k for k in old.keys() & new.keys() if not ignored(k) and portable(old[k]) != portable(new[k]))
+    changed = {k for k in old.keys() & new.keys() if portable(old[k]) != portable(new[k])}
+    # a key only the new config has, under a node the old one had as a value (trainer.extra: {},
+    # model.config: null), is a setting the user added, not a field mgpp added
+    for key in new.keys() - old.keys():
+        parts = key.split(".")
+        if any(".".join(parts[:i]) in old for i in range(1, len(parts))):
+            changed.add(key)
+    return sorted(k for k in changed if not ignored(k))
 
 
 class RunFolder:

@@ -198,7 +198,7 @@ def test_every_training_arguments_field_is_a_trainer_key():
 def test_training_arguments_are_the_trainer_keys(tmp_path):
     from mgpp.train import _training_arguments
 
-    cfg = compose_train("trainer.gradient_checkpointing=true", "+trainer.extra.dataloader_drop_last=true",
+    cfg = compose_train("trainer.gradient_checkpointing=true", "trainer.dataloader_drop_last=true",
                         "trainer.adam_beta2=0.98", "seed=7")
     args = _training_arguments(cfg, tmp_path, build(cfg.task))
     assert args.gradient_checkpointing and args.dataloader_drop_last and args.adam_beta2 == 0.98
@@ -226,7 +226,8 @@ def test_resume_compares_the_keys_both_configs_have():
 def test_silent_mistakes_are_refused_by_name(override, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         validate(compose_train(override))
-    validate(compose_train("+trainer.extra.dataloader_drop_last=true"))  # the documented escape hatch
+    with pytest.raises(ValueError, match="set trainer.dataloader_drop_last directly"):  # one place per field
+        validate(compose_train("+trainer.extra.dataloader_drop_last=true"))
 
 
 def test_fp16_on_a_cpu_is_refused():

@@ -14,14 +14,22 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-
 log = logging.getLogger(__name__)
+
+try:  # the sweeps extra; Hydra imports every hydra_plugins module at start-up, so stay quiet without it
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+except ImportError:  # pragma: no cover - only without mgpp[sweeps]
+    OptunaSweeper = None
 
 __all__ = ["ResumableOptunaSweeper"]
 
 
-class ResumableOptunaSweeper(OptunaSweeper):
+class _Missing:
+    def __init__(self, *args, **kwargs):
+        raise ImportError("sweep=optuna needs the sweeps extra: pip install 'mgpp[sweeps]'")
+
+
+class ResumableOptunaSweeper(OptunaSweeper or _Missing):
     def sweep(self, arguments):
         import optuna
 

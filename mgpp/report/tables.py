@@ -24,7 +24,7 @@ __all__ = ["Row", "PaperCell", "Difference", "differences", "differences_markdow
 GROUP_KEYS = ("task.name", "method.name")
 #: config keys that may differ between the seeds of one cell; any other key that differs splits it
 SEED_KEYS = ("seed", "output_dir", "resume", "logger", "trainer.disable_tqdm", "data_dir", "hydra", "sparsity",
-             "schedule.final_sparsity")
+             "schedule.final_sparsity", "recipe", "paper")
 #: the order methods appear in a table (others follow, alphabetically): the paper's references and
 #: baselines first (Lead-3, dense, MvP, ITP, LoSparse), then ours, MGPP last as in the paper
 METHOD_ORDER = ("lead3", "dense", "mvp", "itp", "losparse", "gmp", "l2", "pa", "mgpp")
@@ -68,9 +68,9 @@ def _split_keys(members: Sequence[Run]) -> list[str]:
     from ..run_folder import flatten, portable
 
     flats = [{k: portable(v) for k, v in flatten(r.config).items()} for r in members]
-    keys = set().union(*flats)
+    shared = set.intersection(*(set(f) for f in flats)) if flats else set()  # keys a version lacks do not split
     seed_key = lambda k: any(k == s or k.startswith(s + ".") for s in SEED_KEYS)  # noqa: E731
-    return sorted(k for k in keys if not seed_key(k) and len({repr(f.get(k)) for f in flats}) > 1)
+    return sorted(k for k in shared if not seed_key(k) and len({repr(f[k]) for f in flats}) > 1)
 
 
 def group_runs(runs: Sequence[Run], by: Sequence[str] = ()) -> dict[tuple, list[Run]]:
@@ -84,15 +84,33 @@ def group_runs(runs: Sequence[Run], by: Sequence[str] = ()) -> dict[tuple, list[
     first: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         first[(run.get("experiment_name", "default"), *(run.get(k) for k in GROUP_KEYS), target_sparsity(run),
-               tuple((k, run.get(k)) for k in by))].append(run)
+               tuple((k, _hashable(run.get(k))) for k in by))].append(run)
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for (*cell, by_values), members in first.items():
         split = [k for k in _split_keys(members) if k not in dict(by_values)]
         for run in members:
             flat = flatten(run.config)
-            extra = tuple((k, portable(flat.get(k))) for k in split)
+            extra = tuple((k, _hashable(portable(flat.get(k)))) for k in split)
             groups[(*cell, by_values + extra)].append(run)
-    return groups
+    return {key: _one_per_seed(key, members) for key, members in groups.items()}
+
+
+def _hashable(value):
+    return repr(value) if isinstance(value, (list, dict)) else value
+
+
+def _one_per_seed(key, members: list[Run]) -> list[Run]:
+    """One run per seed: runs that differ only in keys that do not matter to them (a dense run swept
+    over sparsities) are the same experiment, and counting each would overstate n."""
+    by_seed: dict = {}
+    for run in sorted(members, key=lambda r: (not r.finished, str(r.path))):
+        by_seed.setdefault(run.get("seed"), run)
+    if len(by_seed) < len(members):
+        import logging
+
+        logging.getLogger(__name__).warning("%s: %d runs share seeds; one run per seed is counted", key[:4],
+                                            len(members))
+    return list(by_seed.values())
 
 
 def _sparsity_key(value: Any) -> str:
