@@ -17,6 +17,8 @@ method's prior, schedule and pruner.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -78,15 +80,37 @@ class PruningCallback(TrainerCallback):
         """Select targets and bind the schedule; called by ``on_train_begin`` (public for custom loops)."""
         self.targets = self.method.targets.select(model)
         log.info("pruning targets: %s", self.targets.summary())
-        self.schedule = self.method.schedule.bind(
-            total_steps, self.method.prior, self.targets.params, self.method.pruner
-        )
+        schedule = self.method.schedule
+        saved = self._saved_calibration(completed_steps)
+        if saved:  # resuming: the calibration of the original start, not one of the half-trained weights
+            schedule = dataclasses.replace(schedule, **saved)
+            log.info("schedule calibration from the checkpoint: %s", saved)
+        self.schedule = schedule.bind(total_steps, self.method.prior, self.targets.params, self.method.pruner)
         self.step = completed_steps
         # A mask fixed before training (sparse transfer), or resuming past a mask freeze: the
         # pruned weights are the zeros of the weights at hand.
         if any(self.schedule.fixes_mask_at(t) for t in range(0, completed_steps + 1)):
             self.mask = FixedMask(self.targets.params)
             log.info("fixed mask: %.4f of the target weights stay zero", self.targets.sparsity())
+
+    CALIBRATION_FILE = "mgpp_schedule.json"
+
+    def _saved_calibration(self, completed_steps: int) -> dict:
+        if completed_steps <= 0 or self.trainer is None:
+            return {}
+        path = os.path.join(self.trainer.args.output_dir, f"checkpoint-{completed_steps}", self.CALIBRATION_FILE)
+        if not os.path.isfile(path):
+            return {}
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def on_save(self, args, state, control, **kwargs):
+        """Keep the schedule's calibration with the checkpoint just written."""
+        calibration = self.schedule.calibration() if self.targets is not None else {}
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if calibration and os.path.isdir(folder):
+            with open(os.path.join(folder, self.CALIBRATION_FILE), "w", encoding="utf-8") as f:
+                json.dump(calibration, f)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.setup(model, state.max_steps, state.global_step)

@@ -241,6 +241,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.trainer.fp16 and not _cuda_available():
         raise ValueError("trainer.fp16=true needs a CUDA GPU (its loss scaling is a GPU feature); on a CPU train in "
                          "float32, or with trainer.bf16=true where the CPU supports it")
+    if cfg.trainer.get("load_best_model_at_end"):
+        raise ValueError("trainer.load_best_model_at_end=true is not supported: the best checkpoint of a pruning run "
+                         "is usually an early, less sparse one, and the model/ folder must hold the final pruned model")
     if cfg.trainer.gradient_accumulation_steps < 1:
         raise ValueError("trainer.gradient_accumulation_steps must be at least 1, got "
                          f"trainer.gradient_accumulation_steps={cfg.trainer.gradient_accumulation_steps}")

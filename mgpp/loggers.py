@@ -63,7 +63,8 @@ class MetricLogger:
 
     def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int) -> None: ...
 
-    def finish(self, summary: dict[str, Any]) -> None: ...
+    def finish(self, summary: dict[str, Any], exit_code: int = 0) -> None:
+        """Last call: the run's summary; ``exit_code`` != 0 when training failed."""
 
 
 def _jsonable(value):
@@ -96,8 +97,8 @@ class JSONLLogger(MetricLogger):
         self._write({"kind": "table", "step": step, "name": name, "columns": list(columns),
                      "rows": [list(r) for r in rows]})
 
-    def finish(self, summary):
-        self._write({"kind": "summary", **{k: _jsonable(v) for k, v in summary.items()}})
+    def finish(self, summary, exit_code: int = 0):
+        self._write({"kind": "summary", "exit_code": exit_code, **{k: _jsonable(v) for k, v in summary.items()}})
         self._file.close()
 
 
@@ -130,9 +131,9 @@ class WandbLogger(MetricLogger):
     def log_table(self, name, columns, rows, step):
         self.run.log({name: self._wandb.Table(columns=list(columns), data=[list(r) for r in rows])}, step=step)
 
-    def finish(self, summary):
+    def finish(self, summary, exit_code: int = 0):
         self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
-        self.run.finish()
+        self.run.finish(exit_code=exit_code)  # a failed run shows as failed, not finished
 
 
 class TensorBoardLogger(MetricLogger):
@@ -162,7 +163,7 @@ class TensorBoardLogger(MetricLogger):
         body = "\n".join("| " + " | ".join(str(c) for c in r) + " |" for r in rows)
         self.writer.add_text(name, header + body, step)
 
-    def finish(self, summary):
+    def finish(self, summary, exit_code: int = 0):
         final = {f"hparam/{k}": float(v) for k, v in summary.items()
                  if k.startswith("eval") and isinstance(v, (int, float)) and not isinstance(v, bool)
                  and not k.endswith(("_runtime", "_per_second"))}
@@ -187,8 +188,8 @@ class MemoryLogger(MetricLogger):
     def log_table(self, name, columns, rows, step):
         self.records.append({"kind": "table", "step": step, "name": name, "columns": list(columns), "rows": rows})
 
-    def finish(self, summary):
-        self.records.append({"kind": "summary", **summary})
+    def finish(self, summary, exit_code: int = 0):
+        self.records.append({"kind": "summary", "exit_code": exit_code, **summary})
 
     def scalars(self, key: str) -> dict[int, float]:
         """``{step: value}`` of one scalar."""
@@ -216,9 +217,9 @@ class Loggers(MetricLogger):
         for b in self.backends:
             b.log_table(name, columns, rows, step)
 
-    def finish(self, summary):
+    def finish(self, summary, exit_code: int = 0):
         for b in self.backends:
             try:
-                b.finish(summary)
+                b.finish(summary, exit_code)
             except Exception as err:  # one broken backend must not lose the others' summaries
                 log.warning("logger %s failed to finish: %s", type(b).__name__, err)

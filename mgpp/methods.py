@@ -64,11 +64,15 @@ def preset(name: str, **knobs) -> PruningMethod:
     from .train import build_method
 
     def compose_with(overrides):
-        was = GlobalHydra.instance().is_initialized()
-        if was:  # inside a Hydra app or another compose: keep its state
-            return compose("train", overrides=overrides)
-        with initialize_config_dir(config_dir=str(_conf()), version_base="1.3"):
-            return compose("train", overrides=overrides)
+        """Compose from mgpp's own configs, whatever Hydra app (or test fixture) is initialised around."""
+        outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(_conf()), version_base="1.3"):
+                return compose("train", overrides=overrides)
+        finally:
+            if outer is not None:
+                GlobalHydra.instance().initialize(outer)
 
     base = compose_with([f"method={name}", "output_dir=unused"])
     overrides = [f"method={name}", "output_dir=unused"]

@@ -84,6 +84,11 @@ class Schedule:
     def fixes_mask_at(self, t: int) -> bool:
         return False
 
+    def calibration(self) -> dict:
+        """Values :meth:`bind` measured on the model (kept with checkpoints, so that a resumed run
+        reuses them instead of measuring the half-trained weights again)."""
+        return {}
+
 
 @dataclass(frozen=True)
 class NoPruning(Schedule):
@@ -277,3 +282,6 @@ class PriorAnnealing(Schedule):
 
     def fixes_mask_at(self, t: int) -> bool:
         return t == self._bound()[1]
+
+    def calibration(self) -> dict:
+        return {"sigma0_sq_init": self.sigma0_sq_init} if self.sigma0_sq_init is not None else {}

@@ -154,6 +154,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("resuming from %s", checkpoint)
     else:
         folder.forget_metrics()
+    training_args = _training_arguments(cfg, folder.path, task)  # a bad trainer.* value fails here, early
     folder.write_config(cfg)
     set_seed(cfg.seed)
     start = time.time()
@@ -162,7 +163,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model, tokenizer = task.build_model(cfg.model)
     train_set, eval_sets = task.datasets(tokenizer, cfg.data_dir, cfg.max_train_samples, cfg.max_eval_samples,
                                          cfg.seed)
-    trainer = task.make_trainer(model, _training_arguments(cfg, folder.path, task), train_set, eval_sets, tokenizer)
+    trainer = task.make_trainer(model, training_args, train_set, eval_sets, tokenizer)
     train_size = cfg.train_size or len(train_set)
     if cfg.max_train_samples is not None and cfg.train_size is None and method.prior.active:
         log.warning("max_train_samples=%d: the prior is scaled by 1/n with n=%d, the subset's size; set "
@@ -176,6 +177,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # -- fit, then write: the run's own files first, the optional backends last
     metrics: dict[str, Any] = {}
+    exit_code = 1  # until the run's files are written
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
         metrics = _final_metrics(task, trainer, eval_sets)
@@ -190,8 +192,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 if getattr(task, "save_mask", False):  # upstream pruning: keep the mask for sparse transfer
                     save_mask(pruning.targets.names, pruning.targets.params, folder.model_dir / MASK_FILE)
             folder.write_metrics(metrics)  # last of the run's files: marks it finished
+        exit_code = 0
     finally:
-        loggers.finish(logging_callback.summary | metrics)
+        loggers.finish(logging_callback.summary | metrics, exit_code)
     log.info("final: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
     return metrics
 

@@ -91,8 +91,8 @@ class TrainingLogCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
             return
-        if any(k in logs for k in _TRAIN_SUMMARY_KEYS):
-            self.summary |= {dashboard_key(k): v for k, v in logs.items() if k != "epoch"}
+        if any(k in logs for k in _TRAIN_SUMMARY_KEYS):  # totals: train_summary/loss is the mean over the run
+            self.summary |= {"train_summary/" + k.removeprefix("train_"): v for k, v in logs.items() if k != "epoch"}
             return
         record = {dashboard_key(k): v for k, v in logs.items()}
         if "loss" in logs and self.pruning.targets is not None:  # a training log: the pruning state with it

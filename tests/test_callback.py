@@ -280,3 +280,38 @@ def test_a_diverging_run_stops_at_the_step_it_diverges(tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite gradients at optimizer step 5"):
         trainer.train()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_preset_composes_mgpps_configs_inside_another_hydra_context(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    (tmp_path / "other.yaml").write_text("x: 1\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        method = preset("l2", sigma1_sq=0.1)
+        assert method.prior.sigma_sq == 0.1
+        assert compose("other").x == 1  # the outer context is back
+    assert not GlobalHydra.instance().is_initialized()
+
+
+def test_a_resumed_pa_run_keeps_its_original_calibration(tmp_path):
+    """PA's sigma0_sq_init is measured on the pretrained weights; a run resumed from a checkpoint
+    reuses it (saved with the checkpoint) instead of measuring the half-trained weights again."""
+    method = preset("pa", sparsity=0.8, t_i=0, t_f=10, sigma0_sq=1e-6, sigma1_sq=0.05, lam=1e-4)
+    fake = type("Trainer", (), {"args": type("Args", (), {"output_dir": str(tmp_path)})()})()
+    first = PruningCallback(method, train_size=N)
+    first.trainer = fake
+    model = tiny_bert()
+    first.setup(model, total_steps=20)
+    (tmp_path / "checkpoint-4").mkdir()
+    first.on_save(fake.args, type("State", (), {"global_step": 4})(), None)
+    with torch.no_grad():
+        for p in first.targets.params:
+            p.mul_(0.5)  # training has shrunk the weights since
+    resumed = PruningCallback(method, train_size=N)
+    resumed.trainer = fake
+    resumed.setup(model, total_steps=20, completed_steps=4)
+    assert resumed.schedule.sigma0_sq_init == first.schedule.sigma0_sq_init
+    fresh = PruningCallback(method, train_size=N)
+    fresh.setup(model, total_steps=20)  # no checkpoint: calibrated on the weights at hand, which differ now
+    assert fresh.schedule.sigma0_sq_init != first.schedule.sigma0_sq_init

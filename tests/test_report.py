@@ -227,9 +227,11 @@ def test_dev_curves_figure_averages_seeds(tmp_path):
         log = tmp_path / "mrpc" / method / f"sparsity0.9_seed{seed}" / "log.jsonl"
         records = [{"kind": "scalars", "step": s, "eval_accuracy": 0.5 + offset + s / 100} for s in (10, 20, 30)]
         log.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    path = figure_dev_curves(find_runs([tmp_path]), tmp_path / "dev.png", "eval_accuracy")
+    runs = find_runs([tmp_path])
+    groups = {m: [r for r in runs if r.get("method.name") == m] for m in ("mgpp", "l2")}
+    path = figure_dev_curves(groups, tmp_path / "dev.png", "eval_accuracy")
     assert path.read_bytes()[:8] == PNG_MAGIC
-    assert figure_dev_curves(find_runs([tmp_path]), tmp_path / "none.png", "eval_f1") is None
+    assert figure_dev_curves(groups, tmp_path / "none.png", "eval_f1") is None
 
 
 def write_run(root, name, config, metrics):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from . import figures
 from .runs import find_runs, wandb_runs
-from .tables import (cells_from_runs, differences, differences_markdown, load_experiment_paper, metric_columns,
-                     summarize, to_csv, to_markdown)
+from .tables import (cells_from_runs, differences, differences_markdown, group_runs, load_experiment_paper,
+                     percent_scale, summarize, to_csv, to_markdown)
 
 def _experiment_dirs() -> list[Path]:
     """Where experiment files live: experiments/ of a checkout, the experiment group a wheel ships."""
@@ -54,14 +54,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.paths and not args.wandb:
         p.error("give run/sweep folders, --wandb, or both")
     return args
-
-
-def _main_metric_key(run) -> str | None:
-    """The metrics.json key of a run's main dev metric (MNLI: the matched split's)."""
-    task = run.config.get("task") or {}
-    keys = [k for k, _ in metric_columns(task)]
-    main = task.get("main_metric")
-    return next((k for k in keys if k.endswith(f"_{main}")), keys[0] if keys else None)
 
 
 def split_inputs(paths) -> tuple[list[Path], list[Path]]:
@@ -114,12 +106,17 @@ def main(argv=None) -> int:
             made.append(figures.figure2a(group, out / "figures" / f"fig2a_{stem}.png",
                                          methods=args.fig2a_methods.split(","), title=title))
             made.append(figures.figure2b(group, out / "figures" / f"fig2b_{stem}.png", title=title))
-            main = _main_metric_key(group[0])
-            if main:  # the dense reference (sparsity 0) belongs in every sparsity's curve
+            task_cfg = group[0].config.get("task") or {}
+            if task_cfg.get("main_metric"):  # the dense reference (sparsity 0) belongs in every sparsity's curve
                 dense = [r for r in finished if r.get("method.name") == "dense" and r.get("task.name") == task
                          and r.get("experiment_name") == experiment and r not in group]
-                made.append(figures.figure_dev_curves(group + dense, out / "figures" / f"dev_{stem}.png", main,
-                                                      title=title))
+                labelled = {}
+                for (_, _, method, _, by), members in group_runs(group + dense).items():
+                    label = method + (" (" + ", ".join(f"{k}={v}" for k, v in by) + ")" if by else "")
+                    labelled[label] = members
+                made.append(figures.figure_dev_curves(
+                    labelled, out / "figures" / f"dev_{stem}.png", f"eval_{task_cfg['main_metric']}",
+                    scale=percent_scale(task_cfg), title=title))
         figure_lines = [f"![{p.stem}](figures/{p.name})" for p in made if p is not None]
 
     report = ["# Results", "", f"{len(finished)} finished runs from: "

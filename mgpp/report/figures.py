@@ -217,30 +217,34 @@ def figure2b(runs: Sequence[Run], path: str | Path, methods: Sequence[str] = ("m
     return _save(fig, path)
 
 
-def figure_dev_curves(runs: Sequence[Run], path: str | Path, metric: str, title: str = "") -> Path | None:
-    """The dev metric over training steps per method: the mean over seeds, with the seeds' range shaded."""
-    by_method: dict[str, list[tuple[list[int], list[float]]]] = {}
-    for run in runs:
-        steps, values = run.scalars(metric)
-        if steps:
-            by_method.setdefault(run.get("method.name"), []).append((steps, values))
-    if not by_method:
+def figure_dev_curves(groups: dict[str, Sequence[Run]], path: str | Path, metric: str, scale: float = 100.0,
+                      title: str = "") -> Path | None:
+    """The dev metric over training steps, a line per group (``{label: runs}``; the label starts with
+    the method): the mean over its seeds, with their range shaded. ``scale`` (the task's) makes percent."""
+    curves_by_label: dict[str, list[tuple[list[int], list[float]]]] = {}
+    for label, runs in groups.items():
+        for run in runs:
+            steps, values = run.scalars(metric)
+            if steps:
+                curves_by_label.setdefault(label, []).append((steps, values))
+    if not curves_by_label:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    order = [m for m in METHOD_STYLE if m in by_method] + sorted(m for m in by_method if m not in METHOD_STYLE)
-    for method in order:
-        curves = by_method[method]
+    rank = {m: i for i, m in enumerate(METHOD_STYLE)}
+    for label in sorted(curves_by_label, key=lambda lab: (rank.get(lab.split(" ")[0], len(rank)), lab)):
+        curves = curves_by_label[label]
         common = sorted(set.intersection(*(set(s) for s, _ in curves)))
         if not common:
             continue
-        table = np.array([[dict(zip(s, v))[step] for step in common] for s, v in curves]) * 100
-        ax.plot(common, table.mean(0), label=f"{method} ({len(curves)} seeds)", lw=1.4, ms=4,
+        table = np.array([[dict(zip(s, v))[step] for step in common] for s, v in curves]) * scale
+        method = label.split(" ")[0]
+        ax.plot(common, table.mean(0), label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})", lw=1.4, ms=4,
                 **style(method, len(common)))
         if len(curves) > 1:
             ax.fill_between(common, table.min(0), table.max(0), color=style(method)["color"], alpha=0.12, lw=0)
     ax.set_xlabel("step")
-    ax.set_ylabel(f"{metric.removeprefix('eval_')} (dev, %)")
+    ax.set_ylabel(f"{metric.removeprefix('eval_')} (dev{', %' if scale == 100 else ''})")
     ax.set_title(f"Dev score over training {title}".strip())
     ax.legend(fontsize=8)
     return _save(fig, path)
