@@ -237,3 +237,27 @@ def test_fp16_on_a_cpu_is_refused():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="fp16=true needs a CUDA GPU"):
         validate(compose_train("trainer.fp16=true"))
+
+
+def test_an_explicit_data_root_never_falls_back_to_the_hub(tmp_path):
+    from mgpp.tasks.glue_data import load_glue
+
+    (tmp_path / "glue" / "SST-2").mkdir(parents=True)  # a data root with GLUE, but no RTE in it
+    with pytest.raises(FileNotFoundError, match="no GLUE rte data in"):
+        load_glue("rte", data_dir=str(tmp_path))
+
+
+def test_model_folders_that_are_not_models_are_named(tmp_path):
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForSequenceClassification
+
+    from mgpp.tasks.base import load_model
+
+    missing = OmegaConf.create({"name": "local", "pretrained": str(tmp_path / "nowhere"), "config": None,
+                                "tokenizer": None})
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        load_model(missing, AutoModelForSequenceClassification)
+    (tmp_path / "empty").mkdir()
+    empty = OmegaConf.create({"name": "local", "pretrained": str(tmp_path / "empty"), "config": None, "tokenizer": None})
+    with pytest.raises(FileNotFoundError, match=r"not a model folder: .*empty \(no config.json\)"):
+        load_model(empty, AutoModelForSequenceClassification)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import ClassVar
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments
@@ -20,8 +20,25 @@ log = logging.getLogger(__name__)
 __all__ = ["Task", "load_model"]
 
 
+def _check_local_model(source: str | None) -> None:
+    """A folder given as a model is a model folder: name the problem instead of letting the hub client
+    blame the repo id, or a tokenizer library blame its own files."""
+    if not source:
+        return
+    path = Path(str(source)).expanduser()
+    looks_local = path.is_absolute() or str(source).startswith((".", "~")) or path.exists()
+    if not looks_local:
+        return  # a hub id
+    if not path.exists():
+        raise FileNotFoundError(f"model folder not found: {path}")
+    if path.is_dir() and not (path / "config.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise FileNotFoundError(f"not a model folder: {path} (no config.json)")
+
+
 def load_model(model_cfg: DictConfig, auto_class, **kwargs) -> tuple[PreTrainedModel, Any]:
     """``auto_class`` model (pretrained, or random init from ``model.config``) and its tokenizer."""
+    for source in (model_cfg.pretrained, model_cfg.tokenizer):
+        _check_local_model(source)
     tokenizer_source = model_cfg.tokenizer or model_cfg.pretrained
     if tokenizer_source is None:
         raise ValueError(f"model {model_cfg.name!r} needs model.tokenizer when it has no model.pretrained")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from .data import find_data_dir
+from .data import ENV_DIR, find_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ def _read_tsv(path: Path, layout: GlueLayout) -> Dataset:
     return Dataset.from_dict(data)
 
 
+def _asked_for_local(data_dir) -> bool:
+    return bool(data_dir or os.environ.get(ENV_DIR))
+
+
 def load_glue(task: str, data_dir: str | os.PathLike | None = None) -> DatasetDict:
     """Train and validation splits of a GLUE task, locally when a GLUE folder is found, else from the hub."""
     if task not in LAYOUTS:
@@ -106,6 +110,9 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None) -> DatasetDi
         log.info("GLUE %s from %s", task, root / layout.folder)
         return DatasetDict({split: _read_tsv(root / layout.folder / name, layout)
                             for split, name in layout.files.items()})
+    if root is not None and _asked_for_local(data_dir):  # an explicit data root never falls back to the hub
+        raise FileNotFoundError(f"no GLUE {task} data in {root / layout.folder} (data_dir / ${ENV_DIR}); expected "
+                                f"{', '.join(layout.files.values())} there, or leave data_dir unset to use the hub")
     if root is not None:
         log.warning("no %s folder in %s: loading glue/%s from the hub", layout.folder, root, task)
     from datasets import load_dataset
