@@ -151,7 +151,13 @@ class RunFolder:
 
     # -- rules ---------------------------------------------------------------------------------
     def check_resumable(self, resolved: dict) -> None:
-        """Refuse to resume or skip a run that was configured differently: its results would be mislabelled."""
+        """Refuse to resume or skip a run that was configured differently: its results would be mislabelled.
+
+        Only a folder with something to skip or resume (``metrics.json``, a checkpoint) is checked: a
+        run that failed before its first checkpoint starts again anyway, so a corrected config may.
+        """
+        if self.finished_metrics() is None and self.last_checkpoint() is None:
+            return
         saved = self.saved_config()
         if saved is None:
             return
@@ -178,3 +184,15 @@ class RunFolder:
 
     def forget_metrics(self) -> None:
         (self.path / METRICS_FILE).unlink(missing_ok=True)
+
+    def start_afresh(self) -> Path | None:
+        """``resume=false``: the old result is forgotten and old checkpoints are moved aside (to
+        ``checkpoints.old-<n>``), so that a later rerun cannot resume them under the new config."""
+        self.forget_metrics()
+        if not self.checkpoint_dir.is_dir():
+            return None
+        n = 1
+        while (aside := self.path / f"{CHECKPOINT_DIR}.old-{n}").exists():
+            n += 1
+        self.checkpoint_dir.rename(aside)
+        return aside

@@ -153,7 +153,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if checkpoint:
             log.info("resuming from %s", checkpoint)
     else:
-        folder.forget_metrics()
+        aside = folder.start_afresh()
+        if aside:
+            log.info("resume=false: the old checkpoints are moved to %s", aside)
     training_args = _training_arguments(cfg, folder.path, task)  # a bad trainer.* value fails here, early
     folder.write_config(cfg)
     set_seed(cfg.seed)

@@ -261,3 +261,25 @@ def test_model_folders_that_are_not_models_are_named(tmp_path):
     empty = OmegaConf.create({"name": "local", "pretrained": str(tmp_path / "empty"), "config": None, "tokenizer": None})
     with pytest.raises(FileNotFoundError, match=r"not a model folder: .*empty \(no config.json\)"):
         load_model(empty, AutoModelForSequenceClassification)
+
+
+def test_run_folder_rules(tmp_path):
+    """A failed start does not lock the folder against a corrected config; resume=false moves old
+    checkpoints aside; a finished or checkpointed run configured differently is refused."""
+    import json
+
+    import yaml
+
+    from mgpp.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"sparsity": 0.9}))
+    folder.check_resumable({"sparsity": 0.8})  # only a config: a start that failed, nothing to resume
+    (tmp_path / "checkpoints" / "checkpoint-20").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "checkpoint-20" / "trainer_state.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"configured differently \(sparsity\)"):
+        folder.check_resumable({"sparsity": 0.8})
+    (tmp_path / "metrics.json").write_text(json.dumps({"eval_accuracy": 0.5}))
+    aside = folder.start_afresh()
+    assert aside == tmp_path / "checkpoints.old-1" and (aside / "checkpoint-20").is_dir()
+    assert folder.last_checkpoint() is None and folder.finished_metrics() is None
