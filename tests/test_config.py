@@ -283,3 +283,33 @@ def test_run_folder_rules(tmp_path):
     aside = folder.start_afresh()
     assert aside == tmp_path / "checkpoints.old-1" and (aside / "checkpoint-20").is_dir()
     assert folder.last_checkpoint() is None and folder.finished_metrics() is None
+
+
+@pytest.mark.parametrize("content,message", [
+    ("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tc\td\tmaybe\n", r"line 3: label 'maybe' is not"),
+    ("index\tsentence1\tsentence2\tlabel\n", "no examples"),
+    ("", "empty file"),
+])
+def test_bad_glue_files_are_named_at_load(tmp_path, content, message):
+    from mgpp.tasks.glue_data import load_glue
+
+    rte = tmp_path / "glue" / "RTE"
+    rte.mkdir(parents=True)
+    (rte / "train.tsv").write_text(content)
+    (rte / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
+    with pytest.raises(ValueError, match=message):
+        load_glue("rte", data_dir=str(tmp_path))
+
+
+def test_out_of_range_and_non_utf8_glue_files_are_named(tmp_path):
+    from mgpp.tasks.glue_data import load_glue
+
+    sst2 = tmp_path / "glue" / "SST-2"
+    sst2.mkdir(parents=True)
+    (sst2 / "dev.tsv").write_text("sentence\tlabel\ngood\t1\n")
+    (sst2 / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t7\n")
+    with pytest.raises(ValueError, match=r"line 3: label 7 is out of range for SST-2"):
+        load_glue("sst2", data_dir=str(tmp_path))
+    (sst2 / "train.tsv").write_bytes(b"sentence\tlabel\n\xff\xfe bad\t1\n")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        load_glue("sst2", data_dir=str(tmp_path))

@@ -62,12 +62,23 @@ def find_glue_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     return find_data_dir("glue", data_dir)
 
 
+def _num_classes(layout: GlueLayout) -> int:
+    return len(layout.label_ids) if layout.label_ids else 3 if layout.folder == "MNLI" else 2
+
+
 def _read_tsv(path: Path, layout: GlueLayout) -> Dataset:
+    """A GLUE TSV file, checked as it is read: encoding, header, labels (type and range), no empty file;
+    every error names the file, the row and the value."""
     if not path.is_file():
         raise FileNotFoundError(f"no {path.name} for GLUE {layout.folder} in {path.parent}")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     if layout.header:
+        if not rows:
+            raise ValueError(f"{path}: empty file (no header)")
         header, rows = rows[0], rows[1:]
         index = {name: i for i, name in enumerate(header)}
         missing = [c for c in [*layout.text.values(), layout.label] if c not in index]
@@ -76,23 +87,35 @@ def _read_tsv(path: Path, layout: GlueLayout) -> Dataset:
         column = lambda c: index[c]  # noqa: E731
     else:
         column = lambda c: c  # noqa: E731
+    first_row = 2 if layout.header else 1  # file line numbers in messages
     need = max(column(c) for c in [*layout.text.values(), layout.label]) + 1
     data: dict[str, list] = {name: [] for name in [*layout.text, "label"]}
     skipped = 0
-    for row in rows:
+    classes = _num_classes(layout)
+    for line, row in enumerate(rows, start=first_row):
         if len(row) < need:
             skipped += 1
             continue
-        raw = row[column(layout.label)]
-        if layout.label_ids is not None:
-            label = layout.label_ids[raw]
-        else:
-            label = float(raw) if layout.regression else int(raw)
+        raw = row[column(layout.label)].strip()
+        try:
+            if layout.label_ids is not None:
+                label = layout.label_ids[raw]
+            else:
+                label = float(raw) if layout.regression else int(raw)
+        except (KeyError, ValueError):
+            allowed = sorted(layout.label_ids) if layout.label_ids else "a number" if layout.regression \
+                else f"an integer in [0, {classes - 1}]"
+            raise ValueError(f"{path}, line {line}: label {raw!r} is not {allowed}") from None
+        if not layout.regression and layout.label_ids is None and not 0 <= label < classes:
+            raise ValueError(f"{path}, line {line}: label {label} is out of range for {layout.folder} "
+                             f"({classes} classes: 0..{classes - 1})")
         for name, col in layout.text.items():
             data[name].append(row[column(col)])
         data["label"].append(label)
     if skipped:
         log.warning("%s: skipped %d malformed rows", path, skipped)
+    if not data["label"]:
+        raise ValueError(f"{path}: no examples (an empty file, or every row malformed)")
     return Dataset.from_dict(data)
 
 
