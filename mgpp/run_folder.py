@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = ["RunFolder", "CONFIG_FILE", "LOG_FILE", "METRICS_FILE", "LAYER_FILE", "MODEL_DIR", "CHECKPOINT_DIR",
-           "MASK_FILE", "LAYER_COLUMNS", "RESUME_IGNORES", "config_changes", "dashboard_key", "key_aliases", "flatten",
+           "MASK_FILE", "LAYER_COLUMNS", "RESUME_IGNORES", "config_changes", "checkpoint_problem", "dashboard_key", "key_aliases", "flatten",
            "portable"]
 
 CONFIG_FILE = "config.yaml"
@@ -102,6 +102,39 @@ def config_changes(saved: dict, current: dict, ignore: Iterable[str] = RESUME_IG
     return sorted(k for k in changed if not ignored(k))
 
 
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What is wrong with a Trainer checkpoint folder, or None: the trainer state must parse, and
+    every safetensors file must hold the bytes its header declares (a partial write does not)."""
+    state = checkpoint / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (the write did not finish)"
+    try:
+        json.loads(state.read_text())
+    except ValueError as err:
+        return f"trainer_state.json does not parse ({err})"
+    weights = sorted(checkpoint.glob("*.safetensors"))
+    if not weights and not any(checkpoint.glob("*.bin")):
+        return "no model weights"
+    for path in weights:
+        data = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated"
+            length = int.from_bytes(head, "little")
+            try:
+                header = json.loads(f.read(length))
+            except ValueError:
+                return f"{path.name} has a damaged header"
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        if data != 8 + length + end:
+            return f"{path.name} holds {data} bytes, its header declares {8 + length + end}"
+    optimizer = checkpoint / "optimizer.pt"
+    if optimizer.exists() and optimizer.stat().st_size == 0:
+        return "optimizer.pt is empty"
+    return None
+
+
 class RunFolder:
     """The files of one run, and the rules for rerunning into it."""
 
@@ -143,11 +176,30 @@ class RunFolder:
             return [json.loads(line) for line in f if line.strip()]
 
     def last_checkpoint(self) -> str | None:
+        """The newest intact checkpoint. A damaged one (a kill during its write, a truncated or
+        corrupted file) is skipped with a warning naming what is wrong; if checkpoints exist but
+        none is intact, a ValueError says so (resume=false starts afresh)."""
         if not self.checkpoint_dir.is_dir():
             return None
-        from transformers.trainer_utils import get_last_checkpoint
+        import logging
+        import re
 
-        return get_last_checkpoint(str(self.checkpoint_dir))
+        found = sorted((p for p in self.checkpoint_dir.iterdir() if re.fullmatch(r"checkpoint-\d+", p.name)),
+                       key=lambda p: int(p.name.split("-")[1]), reverse=True)
+        problems = []
+        for checkpoint in found:
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                for bad, why in problems:
+                    logging.getLogger(__name__).warning("skipping damaged %s (%s); resuming from %s", bad, why,
+                                                        checkpoint.name)
+                return str(checkpoint)
+            problems.append((checkpoint.name, problem))
+        if problems:
+            raise ValueError(f"{self.checkpoint_dir}: no intact checkpoint to resume from ("
+                             + "; ".join(f"{name}: {why}" for name, why in problems)
+                             + "); rerun with resume=false to start afresh")
+        return None
 
     # -- rules ---------------------------------------------------------------------------------
     def check_resumable(self, resolved: dict) -> None:

@@ -275,8 +275,12 @@ def test_run_folder_rules(tmp_path):
     folder = RunFolder(tmp_path)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"sparsity": 0.9}))
     folder.check_resumable({"sparsity": 0.8})  # only a config: a start that failed, nothing to resume
+    import torch
+    from safetensors.torch import save_file
+
     (tmp_path / "checkpoints" / "checkpoint-20").mkdir(parents=True)
     (tmp_path / "checkpoints" / "checkpoint-20" / "trainer_state.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "checkpoints" / "checkpoint-20" / "model.safetensors"))
     with pytest.raises(ValueError, match=r"configured differently \(sparsity\)"):
         folder.check_resumable({"sparsity": 0.8})
     (tmp_path / "metrics.json").write_text(json.dumps({"eval_accuracy": 0.5}))
@@ -313,3 +317,30 @@ def test_out_of_range_and_non_utf8_glue_files_are_named(tmp_path):
     (sst2 / "train.tsv").write_bytes(b"sentence\tlabel\n\xff\xfe bad\t1\n")
     with pytest.raises(ValueError, match="not UTF-8"):
         load_glue("sst2", data_dir=str(tmp_path))
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_newest_intact_one(tmp_path, caplog):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from mgpp.run_folder import RunFolder
+
+    def checkpoint(step):
+        path = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        path.mkdir(parents=True)
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        save_file({"w": torch.randn(64, 64)}, str(path / "model.safetensors"))
+        return path
+
+    checkpoint(10)
+    newest = checkpoint(20)
+    blob = (newest / "model.safetensors").read_bytes()
+    (newest / "model.safetensors").write_bytes(blob[: len(blob) // 2])  # killed mid-write
+    folder = RunFolder(tmp_path)
+    assert folder.last_checkpoint().endswith("checkpoint-10")
+    assert "skipping damaged checkpoint-20 (model.safetensors holds" in caplog.text
+    (tmp_path / "checkpoints" / "checkpoint-10" / "trainer_state.json").unlink()
+    with pytest.raises(ValueError, match="no intact checkpoint to resume from.*resume=false"):
+        folder.last_checkpoint()
