@@ -102,6 +102,20 @@ def config_changes(saved: dict, current: dict, ignore: Iterable[str] = RESUME_IG
     return sorted(k for k in changed if not ignored(k))
 
 
+def _alive(pid) -> bool:
+    import os
+
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def checkpoint_problem(checkpoint: Path) -> str | None:
     """What is wrong with a Trainer checkpoint folder, or None: the trainer state must parse, and
     every safetensors file must hold the bytes its header declares (a partial write does not)."""
@@ -218,6 +232,44 @@ class RunFolder:
             shown = ", ".join(changes[:6]) + (", ..." if len(changes) > 6 else "")
             raise ValueError(f"{self.path} holds a run configured differently ({shown}); choose another output_dir "
                              "or set resume=false to overwrite it")
+
+    # -- one live run at a time -----------------------------------------------------------------
+    LOCK_FILE = "run.lock"
+
+    def acquire(self) -> None:
+        """Take the folder for this process: a second live run into it is refused, naming the holder;
+        a lock left by a dead process on this host is taken over."""
+        import os
+        import socket
+
+        if int(os.environ.get("RANK", "0")) != 0:  # multi-process training: rank 0 holds the folder
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / self.LOCK_FILE
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    holder = json.loads(lock.read_text() or "{}")
+                except (OSError, ValueError):
+                    holder = {}
+                if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                    lock.unlink(missing_ok=True)  # its holder died (kill -9, a crash): take it over
+                    continue
+                raise RuntimeError(f"{self.path} is in use by another run (pid {holder.get('pid')} on "
+                                   f"{holder.get('host')}); wait for it, or remove {lock} if that run is gone")
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return
+        raise RuntimeError(f"could not take {lock}")
+
+    def release(self) -> None:
+        import os
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            (self.path / self.LOCK_FILE).unlink(missing_ok=True)
 
     # -- writing -------------------------------------------------------------------------------
     def write_config(self, cfg) -> None:

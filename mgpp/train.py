@@ -157,6 +157,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if aside:
             log.info("resume=false: the old checkpoints are moved to %s", aside)
     training_args = _training_arguments(cfg, folder.path, task)  # a bad trainer.* value fails here, early
+    folder.acquire()  # one live run per folder
+    try:
+        return _run(cfg, task, method, folder, resolved, checkpoint, training_args)
+    finally:
+        folder.release()
+
+
+def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, training_args) -> dict[str, Any]:
+    """The part of :func:`train` that holds the run folder: load, fit, write."""
     folder.write_config(cfg)
     set_seed(cfg.seed)
     start = time.time()

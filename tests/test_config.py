@@ -344,3 +344,25 @@ def test_a_damaged_checkpoint_is_skipped_for_the_newest_intact_one(tmp_path, cap
     (tmp_path / "checkpoints" / "checkpoint-10" / "trainer_state.json").unlink()
     with pytest.raises(ValueError, match="no intact checkpoint to resume from.*resume=false"):
         folder.last_checkpoint()
+
+
+def test_one_live_run_per_folder(tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+
+    from mgpp.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path)
+    host = socket.gethostname()
+    (tmp_path / "run.lock").write_text(json.dumps({"pid": os.getppid(), "host": host}))  # a live process
+    with pytest.raises(RuntimeError, match=f"in use by another run \\(pid {os.getppid()} on {host}\\)"):
+        folder.acquire()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / "run.lock").write_text(json.dumps({"pid": dead.pid, "host": host}))  # killed: taken over
+    folder.acquire()
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    folder.release()
+    assert not (tmp_path / "run.lock").exists()
