@@ -103,11 +103,13 @@ class JSONLLogger(MetricLogger):
 
 
 class WandbLogger(MetricLogger):
-    """Weights & Biases; one run per training job, finished by :meth:`finish`."""
+    """Weights & Biases; one run per training job, finished by :meth:`finish`. Online mode that cannot
+    start within ``init_timeout`` seconds (server unreachable, no API key) falls back to offline."""
 
     def __init__(self, run_dir, run_config: dict | None = None, project: str = "mgpp", entity: str | None = None,
                  group: str | None = None, job_type: str | None = None, name: str | None = None,
-                 tags: Sequence[str] = (), mode: str | None = None, resuming: bool = False, **_: Any):
+                 tags: Sequence[str] = (), mode: str | None = None, resuming: bool = False,
+                 init_timeout: float = 20.0, **_: Any):
         import wandb
 
         self._wandb = wandb
@@ -115,11 +117,20 @@ class WandbLogger(MetricLogger):
         # the run id lives in the run dir, so that a resumed training continues the same W&B run
         id_file = Path(run_dir) / "wandb_run_id"
         run_id = id_file.read_text().strip() if resuming and id_file.exists() else secrets.token_hex(4)
-        self.run = wandb.init(
-            project=project, entity=entity, group=group, job_type=job_type, name=name, tags=list(tags),
-            config=run_config, dir=str(run_dir), mode=mode, reinit="finish_previous", id=run_id,
-            resume="allow" if resuming else None, settings=wandb.Settings(console="off", silent=True),
-        )
+        init = dict(project=project, entity=entity, group=group, job_type=job_type, name=name, tags=list(tags),
+                    config=run_config, dir=str(run_dir), reinit="finish_previous", id=run_id,
+                    resume="allow" if resuming else None)
+        try:
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(console="off", silent=True,
+                                                                   init_timeout=init_timeout), **init)
+        except Exception as err:  # noqa: BLE001 - server unreachable, no API key, ...: keep the run offline
+            if mode == "offline":
+                raise
+            log.warning("W&B %s mode failed (%s: %s); logging offline instead (wandb sync %s/wandb/offline-run-*)",
+                        mode, type(err).__name__, err, run_dir)
+            wandb.teardown()  # the failed attempt's service state would fail the offline run too
+            run_id = init["id"] = secrets.token_hex(4)
+            self.run = wandb.init(mode="offline", settings=wandb.Settings(console="off", silent=True), **init)
         id_file.write_text(run_id + "\n")
 
     def log(self, metrics, step):
@@ -197,29 +208,35 @@ class MemoryLogger(MetricLogger):
 
 
 class Loggers(MetricLogger):
-    """Fans every call out to several backends; drops non-numeric scalars."""
+    """Fans every call out to several backends; drops non-numeric scalars.
+
+    A backend that fails (W&B's server gone, a full disk under TensorBoard, a bad histogram) is
+    reported once and dropped for the rest of the run: logging never stops a training run.
+    """
 
     def __init__(self, backends: Sequence[MetricLogger]):
         self.backends = list(backends)
+
+    def _each(self, call: str, *args) -> None:
+        for backend in list(self.backends):
+            try:
+                getattr(backend, call)(*args)
+            except Exception as err:  # noqa: BLE001 - any backend failure, by design
+                log.warning("logger %s failed (%s: %s); it is dropped for the rest of this run",
+                            type(backend).__name__, type(err).__name__, err)
+                self.backends.remove(backend)
 
     def log(self, metrics, step):
         numeric = {k: float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if numeric:
-            for b in self.backends:
-                b.log(numeric, step)
+            self._each("log", numeric, step)
 
     def log_histogram(self, name, histogram, step):
-        for b in self.backends:
-            b.log_histogram(name, histogram, step)
+        self._each("log_histogram", name, histogram, step)
 
     def log_table(self, name, columns, rows, step):
-        for b in self.backends:
-            b.log_table(name, columns, rows, step)
+        self._each("log_table", name, columns, rows, step)
 
     def finish(self, summary, exit_code: int = 0):
-        for b in self.backends:
-            try:
-                b.finish(summary, exit_code)
-            except Exception as err:  # one broken backend must not lose the others' summaries
-                log.warning("logger %s failed to finish: %s", type(b).__name__, err)
+        self._each("finish", summary, exit_code)  # one broken backend must not lose the others' summaries

@@ -272,3 +272,34 @@ def test_metric_scale_is_the_tasks(tmp_path, target, metrics, values, shown):
               {f"eval_{m}": v for m, v in zip(metrics, values)} | {"target_sparsity": 0.5})
     row = summarize(find_runs([tmp_path]))[0]
     assert row.means == pytest.approx(values) and f"| 50% | mgpp | {shown} | 1 |" in to_markdown([row])
+
+
+def test_a_failing_logger_is_dropped_and_never_stops_the_run():
+    from mgpp.loggers import Loggers, MemoryLogger
+
+    class Broken(MemoryLogger):
+        def log(self, metrics, step):
+            raise OSError(28, "No space left on device")
+
+    good, broken = MemoryLogger(), Broken()
+    loggers = Loggers([broken, good])
+    loggers.log({"train/loss": 1.0}, 1)
+    loggers.log({"train/loss": 0.5}, 2)
+    loggers.finish({"eval_accuracy": 0.7})
+    assert loggers.backends == [good] and good.scalars("train/loss") == {1: 1.0, 2: 0.5}
+    assert good.records[-1]["kind"] == "summary"
+
+
+def test_wandb_online_without_a_reachable_server_falls_back_to_offline(tmp_path, monkeypatch):
+    import time
+
+    from mgpp.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    start = time.time()
+    logger = WandbLogger(tmp_path, run_config={"a": 1}, mode="online", init_timeout=5)
+    logger.log({"train/loss": 1.0}, 1)
+    logger.finish({"eval_accuracy": 0.5})
+    assert time.time() - start < 90 and logger.run.settings.mode == "offline"
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
