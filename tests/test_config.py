@@ -157,6 +157,8 @@ def test_bad_engine_values_fail_when_built(override, message):
 @pytest.mark.parametrize("override,message", [
     ("task.main_metric=f1", "task: main_metric='f1' is not one of metrics=['accuracy']"),
     ("task.num_labels=0", "task: num_labels must be >= 1"),
+    ("task.num_labels=3", "task: num_labels=3 does not match GLUE sst2 (2 classes)"),
+    ("task.max_length=4", "task: max_length must be at least 8 tokens"),
 ])
 def test_bad_task_values_fail_when_built(override, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -29,6 +29,16 @@ class GlueTask(Task):
             raise ValueError(f"num_labels must be >= 1 (1: regression), got num_labels={self.num_labels}")
         if not 1 <= len(self.text_keys) <= 2:
             raise ValueError(f"text_keys takes one or two columns, got text_keys={list(self.text_keys)}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got max_length={self.max_length}")
+        from .glue_data import LAYOUTS, _num_classes
+
+        layout = LAYOUTS.get(self.name)
+        if layout is not None:
+            expected = 1 if layout.regression else _num_classes(layout)
+            if self.num_labels != expected:
+                raise ValueError(f"num_labels={self.num_labels} does not match GLUE {self.name} "
+                                 f"({'regression: 1' if layout.regression else f'{expected} classes'})")
 
     def build_model(self, model_cfg):
         return load_model(model_cfg, AutoModelForSequenceClassification, num_labels=self.num_labels)
