@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = ["RunFolder", "CONFIG_FILE", "LOG_FILE", "METRICS_FILE", "LAYER_FILE", "MODEL_DIR", "CHECKPOINT_DIR",
-           "MASK_FILE", "LAYER_COLUMNS", "RESUME_IGNORES", "config_changes", "checkpoint_problem", "dashboard_key", "key_aliases", "flatten",
+           "MASK_FILE", "LAYER_COLUMNS", "RESUME_IGNORES", "config_changes", "checkpoint_problem",
+           "make_checkpoints_atomic", "dashboard_key", "key_aliases", "flatten",
            "portable"]
 
 CONFIG_FILE = "config.yaml"
@@ -147,6 +148,47 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     if optimizer.exists() and optimizer.stat().st_size == 0:
         return "optimizer.pt is empty"
     return None
+
+
+def make_checkpoints_atomic(trainer) -> None:
+    """Make ``trainer`` write each checkpoint under a temporary name and rename it into place.
+
+    The Hugging Face Trainer writes ``checkpoint-N`` where it will stay, so a kill during the write
+    leaves a folder that looks like a checkpoint and is not. Here it writes into
+    ``<output_dir>/.staging/checkpoint-N``; only a complete checkpoint is renamed into
+    ``<output_dir>`` (an atomic rename on one filesystem), and the old ones are rotated there.
+    """
+    import os
+    import shutil
+
+    save, locate = trainer._save_checkpoint, trainer._get_output_dir
+
+    def atomic_save(model, trial, *args, **kwargs):
+        final = locate(trial)
+        staging = os.path.join(final, ".staging")
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed write left
+        trainer._get_output_dir = lambda trial=None: staging
+        try:
+            save(model, trial, *args, **kwargs)
+        finally:
+            trainer._get_output_dir = locate
+        if not trainer.args.should_save:
+            return
+        for name in os.listdir(staging):
+            target = os.path.join(final, name)
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(staging, name), target)
+        os.rmdir(staging)
+        try:
+            from transformers.trainer_utils import rotate_checkpoints
+        except ImportError:  # transformers < 5: a Trainer method
+            trainer._rotate_checkpoints(use_mtime=False, output_dir=final)
+            return
+        rotate_checkpoints(output_dir=final, save_total_limit=trainer.args.save_total_limit,
+                           best_model_checkpoint=trainer.state.best_model_checkpoint, use_mtime=False)
+
+    trainer._save_checkpoint = atomic_save
 
 
 class RunFolder:

@@ -34,7 +34,7 @@ from .callback import PruningCallback
 from .loggers import Loggers
 from .methods import PruningMethod
 from .pruning import TargetSelector, save_mask
-from .run_folder import MASK_FILE, METRICS_FILE, RunFolder
+from .run_folder import MASK_FILE, METRICS_FILE, RunFolder, make_checkpoints_atomic
 from .training_log import TrainingLogCallback
 
 log = logging.getLogger("mgpp.train")
@@ -175,6 +175,7 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
     train_set, eval_sets = task.datasets(tokenizer, cfg.data_dir, cfg.max_train_samples, cfg.max_eval_samples,
                                          cfg.seed)
     trainer = task.make_trainer(model, training_args, train_set, eval_sets, tokenizer)
+    make_checkpoints_atomic(trainer)
     train_size = cfg.train_size or len(train_set)
     if cfg.max_train_samples is not None and cfg.train_size is None and method.prior.active:
         log.warning("max_train_samples=%d: the prior is scaled by 1/n with n=%d, the subset's size; set "

@@ -315,3 +315,37 @@ def test_a_resumed_pa_run_keeps_its_original_calibration(tmp_path):
     fresh = PruningCallback(method, train_size=N)
     fresh.setup(model, total_steps=20)  # no checkpoint: calibrated on the weights at hand, which differ now
     assert fresh.schedule.sigma0_sq_init != first.schedule.sigma0_sq_init
+
+
+def test_checkpoints_are_written_atomically(tmp_path):
+    """A kill during a checkpoint's write leaves no checkpoint-N that looks complete: it is written
+    under .staging and renamed into place; old ones rotate as save_total_limit says."""
+    from mgpp.run_folder import RunFolder, make_checkpoints_atomic
+
+    def trainer_with(limit):
+        trainer = make_trainer(tmp_path / "checkpoints", tiny_bert(), steps=24, save_strategy="steps", save_steps=8,
+                               save_total_limit=limit)
+        make_checkpoints_atomic(trainer)
+        return trainer
+
+    trainer_with(2).train()
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["checkpoint-16", "checkpoint-24"]  # rotated, no .staging left
+    assert RunFolder(tmp_path).last_checkpoint().endswith("checkpoint-24")
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints")
+    crashing = trainer_with(3)
+    real = crashing._save_rng_state
+
+    def killed_at_16(output_dir):
+        if output_dir.endswith("checkpoint-16"):
+            raise KeyboardInterrupt("killed during the write")
+        real(output_dir)
+
+    crashing._save_rng_state = killed_at_16
+    with pytest.raises(KeyboardInterrupt):
+        crashing.train()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [".staging", "checkpoint-8"]
+    assert RunFolder(tmp_path).last_checkpoint().endswith("checkpoint-8")
