@@ -368,3 +368,25 @@ def test_one_live_run_per_folder(tmp_path):
     assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
     folder.release()
     assert not (tmp_path / "run.lock").exists()
+
+
+def test_bad_squad_and_summarization_files_are_named(tmp_path):
+    import json
+
+    from mgpp.tasks.squad import read_squad_json
+    from mgpp.tasks.summarization import SummarizationTask
+
+    squad = {"data": [{"title": "t", "paragraphs": [{"context": "The cat sat.", "qas": [
+        {"id": "q1", "question": "Who sat?", "answers": [{"text": "cat", "answer_start": 4}]},
+        {"id": "q2", "question": "Where?", "answers": [{"text": "mat", "answer_start": 8}]}]}]}]}
+    (tmp_path / "squad.json").write_text(json.dumps(squad))
+    with pytest.raises(ValueError, match=r"question 'q2': answer 'mat' is not at answer_start=8"):
+        read_squad_json(tmp_path / "squad.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json: not JSON"):
+        read_squad_json(tmp_path / "broken.json")
+
+    task = SummarizationTask(name="x", metrics=["rouge2"], main_metric="rouge2")
+    (tmp_path / "sum.jsonl").write_text('{"document": "a b c", "summary": "a"}\n{"document": "d e", "summary": ""}\n')
+    with pytest.raises(ValueError, match=r"sum.jsonl, line 2: no text in field 'summary'"):
+        task._check_jsonl(str(tmp_path / "sum.jsonl"))

@@ -61,18 +61,42 @@ def squad_metrics(predictions: dict[str, str], golds: dict[str, list[str]]) -> d
 
 # -- data ------------------------------------------------------------------------------------
 def read_squad_json(path: str | Path) -> Dataset:
-    """A file in the official SQuAD JSON format, flattened to the hub's columns."""
-    articles = json.loads(Path(path).read_text(encoding="utf-8"))["data"]
+    """A file in the official SQuAD JSON format, flattened to the hub's columns.
+
+    Checked as it is read: encoding, JSON, the format's fields, and every answer's span (its text at
+    its ``answer_start`` in the context); an error names the file, the question id and the problem.
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except ValueError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise ValueError(f"{path}: not the SQuAD format (a top-level 'data' list of articles)")
     rows = collections.defaultdict(list)
-    for article in articles:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
+    for article in document["data"]:
+        for paragraph in article.get("paragraphs", []):
+            context = paragraph.get("context")
+            for qa in paragraph.get("qas", []):
+                where = f"{path}, question {qa.get('id', '?')!r}"
+                if not isinstance(context, str) or not qa.get("question") or "id" not in qa:
+                    raise ValueError(f"{where}: needs a context, a question and an id")
+                answers = qa.get("answers") or []
+                for a in answers:
+                    start, text = a.get("answer_start"), a.get("text")
+                    if not isinstance(start, int) or not isinstance(text, str) or \
+                            context[start:start + len(text)] != text:
+                        raise ValueError(f"{where}: answer {text!r} is not at answer_start={start!r} of its context")
                 rows["id"].append(qa["id"])
-                rows["title"].append(article["title"])
-                rows["context"].append(paragraph["context"])
+                rows["title"].append(article.get("title", ""))
+                rows["context"].append(context)
                 rows["question"].append(qa["question"])
-                rows["answers"].append({"text": [a["text"] for a in qa["answers"]],
-                                        "answer_start": [a["answer_start"] for a in qa["answers"]]})
+                rows["answers"].append({"text": [a["text"] for a in answers],
+                                        "answer_start": [a["answer_start"] for a in answers]})
+    if not rows["id"]:
+        raise ValueError(f"{path}: no questions")
     return Dataset.from_dict(dict(rows))
 
 

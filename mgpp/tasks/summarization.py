@@ -59,12 +59,37 @@ class SummarizationTask(Task):
     def build_model(self, model_cfg):
         return load_model(model_cfg, AutoModelForSeq2SeqLM)
 
+    def _check_jsonl(self, path: str) -> None:
+        """Each line a JSON object with a non-empty source and target; errors name the file and line."""
+        import json
+
+        count = 0
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line_no, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as err:
+                        raise ValueError(f"{path}, line {line_no}: not JSON ({err})") from None
+                    for key in (self.source_key, self.target_key):
+                        if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key].strip():
+                            raise ValueError(f"{path}, line {line_no}: no text in field {key!r}")
+                    count += 1
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+        if count == 0:
+            raise ValueError(f"{path}: no examples")
+
     def _raw(self, data_dir, seed):
         from datasets import load_dataset
 
         if self.train_file or self.eval_file:
             files = {split: resolve_data_file(f, data_dir) for split, f in
                      (("train", self.train_file), ("validation", self.eval_file)) if f}
+            for path in files.values():
+                self._check_jsonl(path)
             data = load_dataset("json", data_files=files)
         else:
             data = load_dataset(self.hub_dataset, self.hub_config)
