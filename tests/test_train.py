@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mgpp.tasks.glue_data import find_glue_dir, load_glue
 from mgpp.pruning import TargetSelector, num_to_prune
@@ -180,3 +181,30 @@ def check_dashboards(run_dir, targets):
     assert set(tags["histograms"]) == {"weights/nonzero_targets", "weights/nonzero_log10_magnitude"}
     assert "hparam/eval_accuracy" in tags["scalars"] and "hparam/eval_runtime" not in tags["scalars"]
     assert events.PluginTagToContent("hparams"), "no TensorBoard HParams"
+
+
+@needs_glue
+@pytest.mark.parametrize("method,resume_from", [("mgpp", 8), ("pa", 8), ("pa", 16)])
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, method, resume_from):
+    """A run 'killed' after the checkpoint of step ``resume_from`` (MGPP mid-schedule; PA while
+    annealing, and in its fixed-mask phase after t_f=12) and resumed ends with exactly the weights of
+    the uninterrupted run."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    args = [*QUICK, "model=tiny_bert", "task=rte", f"method={method}", "sparsity=0.8", "t_i=4", "t_f=12",
+            "prune_every=2", "logger=[jsonl]", "trainer.save_strategy=steps", "trainer.save_steps=8",
+            "trainer.save_total_limit=5", "trainer.eval_strategy=no", f"hydra.run.dir={tmp_path}"]
+    run_train(*args)
+    uninterrupted = load_file(tmp_path / "model" / "model.safetensors")
+    for later in (s for s in (8, 16, 24) if s > resume_from):  # what the kill lost
+        shutil.rmtree(tmp_path / "checkpoints" / f"checkpoint-{later}")
+    shutil.rmtree(tmp_path / "model")
+    (tmp_path / "metrics.json").unlink()
+    proc = run_train(*args)
+    assert f"checkpoint-{resume_from}" in proc.stdout + proc.stderr
+    resumed = load_file(tmp_path / "model" / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    for name in uninterrupted:
+        assert torch.equal(resumed[name], uninterrupted[name]), name
