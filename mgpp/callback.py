@@ -87,6 +87,12 @@ class PruningCallback(TrainerCallback):
             log.info("schedule calibration from the checkpoint: %s", saved)
         self.schedule = schedule.bind(total_steps, self.method.prior, self.targets.params, self.method.pruner)
         self.step = completed_steps
+        if completed_steps > 0:  # resuming: a checkpoint with damaged weights must not train on as NaN
+            bad = [n for n, p in zip(self.targets.names, self.targets.params) if not bool(torch.isfinite(p).all())]
+            if bad:
+                raise ValueError(f"the checkpoint of step {completed_steps} holds non-finite weights ({bad[0]} and "
+                                 f"{len(bad) - 1} more): it is damaged; remove it to resume from an earlier one, "
+                                 "or rerun with resume=false")
         # A mask fixed before training (sparse transfer), or resuming past a mask freeze: the
         # pruned weights are the zeros of the weights at hand.
         if any(self.schedule.fixes_mask_at(t) for t in range(0, completed_steps + 1)):

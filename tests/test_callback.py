@@ -349,3 +349,12 @@ def test_checkpoints_are_written_atomically(tmp_path):
         crashing.train()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [".staging", "checkpoint-8"]
     assert RunFolder(tmp_path).last_checkpoint().endswith("checkpoint-8")
+
+
+def test_resuming_onto_non_finite_weights_is_refused():
+    method = preset("gmp", sparsity=0.5, **SCHEDULE)
+    model = tiny_bert()
+    with torch.no_grad():
+        model.bert.encoder.layer[1].intermediate.dense.weight[3, 3] = float("nan")  # bytes flipped on disk
+    with pytest.raises(ValueError, match="checkpoint of step 12 holds non-finite weights"):
+        PruningCallback(method, train_size=N).setup(model, total_steps=24, completed_steps=12)

@@ -390,3 +390,16 @@ def test_bad_squad_and_summarization_files_are_named(tmp_path):
     (tmp_path / "sum.jsonl").write_text('{"document": "a b c", "summary": "a"}\n{"document": "d e", "summary": ""}\n')
     with pytest.raises(ValueError, match=r"sum.jsonl, line 2: no text in field 'summary'"):
         task._check_jsonl(str(tmp_path / "sum.jsonl"))
+
+
+def test_a_local_squad_folder_without_its_train_file_is_named(tmp_path):
+    import json
+
+    from mgpp.tasks.squad import SquadTask
+
+    (tmp_path / "squad").mkdir()
+    (tmp_path / "squad" / "dev-v1.1.json").write_text(json.dumps({"data": [{"title": "t", "paragraphs": [
+        {"context": "a b", "qas": [{"id": "1", "question": "q", "answers": [{"text": "a", "answer_start": 0}]}]}]}]}))
+    task = SquadTask(name="squad", metrics=["exact_match", "f1"], main_metric="f1")
+    with pytest.raises(FileNotFoundError, match="train-v1.1.json.*use task=squad_dev_split"):
+        task._raw(str(tmp_path), seed=0)

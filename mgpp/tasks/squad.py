@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import string
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from datasets import Dataset
 from transformers import AutoModelForQuestionAnswering, Trainer, default_data_collator
 
 from .base import Task, load_model
-from .data import find_data_dir, subset
+from .data import ENV_DIR, find_data_dir, subset
 
 __all__ = ["SquadTask", "normalize_answer", "exact_match", "f1", "squad_metrics", "read_squad_json"]
 
@@ -174,6 +175,12 @@ class SquadTask(Task):
             return split_by_article(read_squad_json(eval_file), self.eval_article_fraction, seed)
         if train_file is not None and Path(train_file).is_file() and Path(eval_file).is_file():
             return read_squad_json(train_file), read_squad_json(eval_file)
+        asked = self.train_file or self.eval_file or data_dir or os.environ.get(ENV_DIR)
+        if asked:  # local files were asked for: never fall back to the hub
+            missing = [str(f) for f in (train_file, eval_file) if f is None or not Path(f).is_file()]
+            raise FileNotFoundError(f"{self.name}: SQuAD file(s) not found: {missing}"
+                                    + ("; with only the dev file at hand, use task=squad_dev_split" if
+                                       eval_file is not None and Path(eval_file).is_file() else ""))
         from datasets import load_dataset
 
         hub = load_dataset("rajpurkar/squad")
