@@ -1,0 +1,379 @@
+"""A pruned model that is small on disk: each pruned matrix as a packed bitmask plus its nonzero values.
+
+``python -m mgpp.export <run>/model --out <dir> [--values fp32|fp16|bf16]`` writes
+
+* ``model.sparse.safetensors``: for each pruned matrix ``W``, the tensors ``W::mask`` (uint8, one
+  bit per element of ``W`` in row-major order, little-endian bit order: element ``i`` is bit
+  ``i % 8`` of byte ``i // 8``; 1 = kept) and ``W::values`` (the kept elements in row-major
+  order, 1-D, in the ``--values`` dtype); every other tensor under its own name, unchanged;
+* ``sparse_manifest.json``: the format and version, and per tensor its shape, dtype, number of
+  kept values, N:M pattern when it has one, and CRC-32 checksums of its bytes;
+* the model folder's other files (``config.json``, tokenizer files) copied as they are.
+
+:func:`load_sparse` rebuilds the Hugging Face model: with ``--values fp32`` its state dict is
+bit-identical to the pruned model's. A matrix counts as pruned when at least ``min_sparsity`` of
+it is exactly zero (embeddings, norms and the task head of a pruned model stay dense and keep
+their dtype). Every tensor is checked against the manifest on load: a truncated or corrupted file,
+or a manifest that does not match the file, fails with an error naming the tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import struct
+import sys
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["export_sparse", "load_sparse", "load_sparse_state_dict", "pack", "unpack", "nm_pattern",
+           "SparseFormatError", "ExportSummary", "SPARSE_FILE", "MANIFEST_FILE"]
+
+FORMAT = "mgpp-sparse"
+VERSION = 1
+SPARSE_FILE = "model.sparse.safetensors"
+MANIFEST_FILE = "sparse_manifest.json"
+MASK, VALUES = "::mask", "::values"
+VALUE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: Files of a Trainer checkpoint folder that are not part of the model: never copied.
+CHECKPOINT_ONLY = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin",
+                   "scaler.pt", "mgpp_schedule.json"}
+
+
+class SparseFormatError(ValueError):
+    """A sparse export that cannot be read back as written (truncated, corrupted, inconsistent)."""
+
+
+# -- packing ---------------------------------------------------------------------------------------
+def pack(tensor: torch.Tensor, values_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mask, values)``: the nonzero pattern of ``tensor`` as packed bits and its nonzeros, row-major."""
+    flat = tensor.detach().reshape(-1)
+    kept = (flat != 0) | torch.signbit(flat)  # -0.0 is kept as a value: the round trip is exact to the bit
+    mask = torch.from_numpy(np.packbits(kept.cpu().numpy(), bitorder="little"))
+    values = flat[kept].to(values_dtype or tensor.dtype).contiguous()
+    return mask, values
+
+
+def unpack(mask: torch.Tensor, values: torch.Tensor, shape, dtype: torch.dtype) -> torch.Tensor:
+    """The dense tensor of ``shape`` and ``dtype`` that :func:`pack` was given."""
+    numel = math.prod(shape)
+    kept = torch.from_numpy(np.unpackbits(mask.numpy(), count=numel, bitorder="little").astype(bool))
+    out = torch.zeros(numel, dtype=dtype)
+    out[kept] = values.to(dtype)
+    return out.view(*shape)
+
+
+def nm_pattern(tensor: torch.Tensor, group_sizes=(2, 4, 8, 16)) -> str | None:
+    """``"N:M"`` when every M consecutive elements along the last dimension hold at most N < M nonzeros:
+    the sparsest such pattern over ``group_sizes`` (the smaller M on a tie), else None."""
+    if tensor.dim() < 2 or tensor.numel() == 0:
+        return None
+    nonzero = tensor.detach() != 0
+    fits = []
+    for m in group_sizes:
+        if tensor.shape[-1] % m == 0:
+            n = int(nonzero.reshape(-1, m).sum(1).max())
+            if 0 < n < m:
+                fits.append((n / m, m, n))
+    if not fits:
+        return None
+    _, m, n = min(fits)
+    return f"{n}:{m}"
+
+
+def _crc(t: torch.Tensor) -> int:
+    return zlib.crc32(_bytes(t))
+
+
+def _bytes(t: torch.Tensor) -> memoryview:
+    t = t.detach().contiguous().cpu()
+    return memoryview(t.view(torch.uint8).reshape(-1).numpy()) if t.numel() else memoryview(b"")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise SparseFormatError(f"unknown dtype {name!r} in the manifest")
+    return dtype
+
+
+# -- export ----------------------------------------------------------------------------------------
+@dataclass
+class ExportSummary:
+    out_dir: Path
+    dense_bytes: int  #: the model's tensors stored dense (what model.safetensors holds)
+    file_bytes: int  #: model.sparse.safetensors
+    pruned_dense_bytes: int  #: the pruned matrices stored dense
+    pruned_bytes: int  #: the pruned matrices as masks + values
+    num_pruned_tensors: int
+    pruned_sparsity: float  #: zero fraction over the pruned matrices
+    values: str
+
+    def table(self) -> str:
+        mib = 1 << 20
+        return "\n".join([
+            f"wrote {self.out_dir}",
+            f"  pruned matrices ({self.num_pruned_tensors}, {self.pruned_sparsity:.1%} zeros, values {self.values}): "
+            f"{self.pruned_dense_bytes / mib:.2f} MiB dense -> {self.pruned_bytes / mib:.2f} MiB "
+            f"({self.pruned_bytes / max(self.pruned_dense_bytes, 1):.3f}x)",
+            f"  whole file (embeddings, norms, biases and head stay dense): {self.dense_bytes / mib:.2f} MiB -> "
+            f"{self.file_bytes / mib:.2f} MiB ({self.file_bytes / max(self.dense_bytes, 1):.3f}x)",
+        ])
+
+
+def _read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    files = [f for f in files if f.name != SPARSE_FILE]
+    if not files:
+        if (model_dir / MANIFEST_FILE).is_file():
+            raise ValueError(f"{model_dir} is already a sparse export; load it with mgpp.load_sparse")
+        raise FileNotFoundError(f"no *.safetensors weights in {model_dir} (save the model with save_pretrained, "
+                                "or give the model itself to export_sparse)")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def _state_dict_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors, each shared (tied) storage once, as save_pretrained writes them."""
+    state, seen = {}, set()
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
+        if key is not None and key in seen:
+            continue
+        seen.add(key)
+        state[name] = t.detach().cpu()
+    return state
+
+
+def export_sparse(source, out_dir, values: str = "fp32", min_sparsity: float = 0.2) -> ExportSummary:
+    """Write ``source`` (a model folder saved by ``save_pretrained`` or a ``PreTrainedModel``) to
+    ``out_dir`` in the sparse format. Matrices with at least ``min_sparsity`` exact zeros are stored
+    as mask + values in the ``values`` dtype (``fp32``, ``fp16``, ``bf16``); the rest unchanged."""
+    from safetensors.torch import save_file
+
+    if values not in VALUE_DTYPES:
+        raise ValueError(f"values must be one of {sorted(VALUE_DTYPES)}, got values={values!r}")
+    if not 0.0 < min_sparsity <= 1.0:
+        raise ValueError(f"min_sparsity must lie in (0, 1], got min_sparsity={min_sparsity}")
+    out_dir = Path(out_dir)
+    if isinstance(source, torch.nn.Module):
+        state, model_dir = _state_dict_of(source), None
+    else:
+        model_dir = Path(source)
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"no model folder at {model_dir}")
+        if out_dir.resolve() == model_dir.resolve():
+            raise ValueError("--out must be a different folder from the model's")
+        state = _read_state_dict(model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    tensors, manifest = {}, {}
+    dense_bytes = pruned_dense = pruned_bytes = zeros = pruned_numel = 0
+    for name, t in state.items():
+        if MASK in name or VALUES in name:
+            raise ValueError(f"tensor name {name!r} contains a reserved suffix ({MASK} or {VALUES})")
+        t = t.detach().contiguous().cpu()
+        nbytes = t.numel() * t.element_size()
+        dense_bytes += nbytes
+        entry = {"shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
+        num_zeros = int(((t == 0) & ~torch.signbit(t)).sum()) if t.is_floating_point() and t.dim() >= 2 else 0
+        if t.numel() and num_zeros >= min_sparsity * t.numel():
+            mask, kept = pack(t, VALUE_DTYPES[values])
+            tensors[name + MASK], tensors[name + VALUES] = mask, kept
+            entry |= {"stored": "mask+values", "values_dtype": _dtype_name(kept.dtype), "nnz": kept.numel(),
+                      "pattern": nm_pattern(t), "crc32_mask": _crc(mask), "crc32_values": _crc(kept)}
+            pruned_dense += nbytes
+            pruned_bytes += mask.numel() + kept.numel() * kept.element_size()
+            zeros += num_zeros
+            pruned_numel += t.numel()
+        else:
+            tensors[name] = t
+            entry |= {"stored": "dense", "crc32": _crc(t)}
+        manifest[name] = entry
+
+    num_pruned = sum(e["stored"] != "dense" for e in manifest.values())
+    if num_pruned == 0:
+        warnings.warn(f"no matrix of the model has {min_sparsity:.0%} or more exact zeros: it does not look pruned, "
+                      "so every tensor is stored dense (the export is correct but no smaller)", stacklevel=2)
+    save_file(tensors, str(out_dir / SPARSE_FILE), metadata={"format": FORMAT, "version": str(VERSION)})
+    with open(out_dir / MANIFEST_FILE, "w", encoding="utf-8") as f:
+        json.dump({"format": FORMAT, "version": VERSION, "values": values, "min_sparsity": min_sparsity,
+                   "tensors": manifest}, f, indent=1)
+    if model_dir is not None:
+        for f in model_dir.iterdir():
+            if f.is_file() and f.suffix not in (".safetensors", ".bin", ".pt", ".pth") \
+                    and f.name not in CHECKPOINT_ONLY and f.name != "model.safetensors.index.json":
+                shutil.copy2(f, out_dir / f.name)
+    else:
+        config = getattr(source, "config", None)
+        if config is not None:  # as save_pretrained writes it: naming the class load_sparse rebuilds
+            config = copy.deepcopy(config)
+            config.architectures = [type(source).__name__]
+            config.save_pretrained(str(out_dir))
+    return ExportSummary(out_dir, dense_bytes, (out_dir / SPARSE_FILE).stat().st_size, pruned_dense, pruned_bytes,
+                         num_pruned, zeros / max(pruned_numel, 1), values)
+
+
+# -- load ------------------------------------------------------------------------------------------
+def _safetensors_extents(path: Path) -> dict[str, tuple[int, int]]:
+    """Where each tensor's bytes lie in a safetensors file, from its header (8-byte length + JSON)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise SparseFormatError(f"{path} is truncated: {size} bytes, not even a safetensors header")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > size - 8:
+            raise SparseFormatError(f"{path} is truncated or not a safetensors file: its header claims "
+                                    f"{header_len} bytes, the file has {size}")
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError as err:
+            raise SparseFormatError(f"{path}: the safetensors header is corrupted ({err})") from None
+    start = 8 + header_len
+    extents = {k: (start + v["data_offsets"][0], start + v["data_offsets"][1])
+               for k, v in header.items() if k != "__metadata__"}
+    for key, (_, end) in sorted(extents.items(), key=lambda kv: kv[1]):
+        if end > size:
+            raise SparseFormatError(f"{path} is truncated: tensor {key.split('::')[0]!r} ({key}) needs bytes up to "
+                                    f"{end}, the file ends at {size}")
+    return extents
+
+
+def read_manifest(export_dir) -> dict:
+    path = Path(export_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST_FILE} in {export_dir}: not a sparse export (python -m mgpp.export)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise SparseFormatError(f"{path} is not valid JSON ({err})") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise SparseFormatError(f"{path} is format {manifest.get('format')!r} version {manifest.get('version')!r}; "
+                                f"this mgpp reads {FORMAT!r} version {VERSION}")
+    return manifest
+
+
+def load_sparse_state_dict(export_dir) -> dict[str, torch.Tensor]:
+    """The dense state dict of a sparse export, every tensor checked against the manifest."""
+    from safetensors import safe_open
+
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)["tensors"]
+    path = export_dir / SPARSE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    extents = _safetensors_extents(path)
+    expected = set()
+    for name, entry in manifest.items():
+        expected |= {name + MASK, name + VALUES} if entry["stored"] != "dense" else {name}
+    if extents.keys() != expected:
+        extra, missing = sorted(extents.keys() - expected), sorted(expected - extents.keys())
+        what = f"tensor {missing[0]!r} is in the manifest but not in the file" if missing else \
+            f"tensor {extra[0]!r} is in the file but not in the manifest"
+        raise SparseFormatError(f"{export_dir}: the manifest does not match {SPARSE_FILE}: {what}")
+
+    state = {}
+    with safe_open(str(path), framework="pt") as f:
+        for name, entry in manifest.items():
+            shape, dtype = tuple(entry["shape"]), _dtype(entry["dtype"])
+            if entry["stored"] == "dense":
+                t = f.get_tensor(name)
+                if tuple(t.shape) != shape or t.dtype != dtype:
+                    raise SparseFormatError(f"tensor {name!r}: the file holds {tuple(t.shape)} {t.dtype}, the "
+                                            f"manifest says {shape} {dtype}")
+                if _crc(t) != entry["crc32"]:
+                    raise SparseFormatError(f"tensor {name!r} is corrupted (CRC-32 mismatch)")
+                state[name] = t
+                continue
+            mask, kept = f.get_tensor(name + MASK), f.get_tensor(name + VALUES)
+            numel = math.prod(shape)
+            if mask.dtype != torch.uint8 or mask.numel() != (numel + 7) // 8:
+                raise SparseFormatError(f"tensor {name!r}: its mask holds {mask.numel()} bytes of {mask.dtype}, "
+                                        f"shape {shape} needs {(numel + 7) // 8} bytes of uint8")
+            if _crc(mask) != entry["crc32_mask"] or _crc(kept) != entry["crc32_values"]:
+                raise SparseFormatError(f"tensor {name!r} is corrupted (CRC-32 mismatch of its "
+                                        f"{'mask' if _crc(mask) != entry['crc32_mask'] else 'values'})")
+            ones = int(np.unpackbits(mask.numpy(), count=numel, bitorder="little").sum())
+            if not ones == kept.numel() == entry["nnz"]:
+                raise SparseFormatError(f"tensor {name!r}: its mask keeps {ones} elements, it has {kept.numel()} "
+                                        f"values, the manifest says {entry['nnz']}")
+            state[name] = unpack(mask, kept, shape, dtype)
+    return state
+
+
+def load_sparse(export_dir, model_class=None, dtype: torch.dtype | None = None, **kwargs):
+    """The Hugging Face model of a sparse export (``config.json`` names its class in ``architectures``;
+    or pass ``model_class``). With fp32 values its state dict equals the exported model's bit for bit."""
+    import transformers
+    from transformers import AutoConfig
+
+    export_dir = Path(export_dir)
+    state = load_sparse_state_dict(export_dir)
+    config = AutoConfig.from_pretrained(str(export_dir))
+    if model_class is None:
+        names = getattr(config, "architectures", None) or []
+        model_class = getattr(transformers, names[0], None) if names else None
+        if model_class is None:
+            raise ValueError(f"{export_dir}/config.json names no transformers class in 'architectures' ({names}); "
+                             "pass model_class=, e.g. transformers.BertForSequenceClassification")
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        kwargs["dtype"] = dtype
+    model = model_class.from_pretrained(None, config=config, state_dict=state, **kwargs)
+    return model.eval()
+
+
+# -- command line ----------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mgpp.export",
+        description="Write a pruned model as packed bitmasks plus nonzero values (mgpp's sparse format); "
+                    "mgpp.load_sparse(dir) loads it back as a Hugging Face model.")
+    parser.add_argument("model_dir", help="the pruned model's folder (a run's model/, or a checkpoint-N/)")
+    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--values", choices=sorted(VALUE_DTYPES), default="fp32",
+                        help="dtype of the kept values (fp32: bit-exact; fp16/bf16: half the bytes, rounded)")
+    parser.add_argument("--min-sparsity", type=float, default=0.2,
+                        help="a matrix with at least this fraction of exact zeros is stored sparse (default 0.2)")
+    parser.add_argument("--no-check", action="store_true", help="skip reloading the export to check it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        summary = export_sparse(args.model_dir, args.out, values=args.values, min_sparsity=args.min_sparsity)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(summary.table())
+    if not args.no_check:
+        reloaded = load_sparse_state_dict(args.out)
+        original = _read_state_dict(Path(args.model_dir))
+        exact = all(torch.equal(reloaded[k], v) for k, v in original.items())
+        print(f"  reloaded: {len(reloaded)} tensors, "
+              + ("bit-identical to the model" if exact else f"equal up to {args.values} rounding of the kept values"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
