@@ -80,6 +80,7 @@ class PruningCallback(TrainerCallback):
         """Select targets and bind the schedule; called by ``on_train_begin`` (public for custom loops)."""
         self.targets = self.method.targets.select(model)
         log.info("pruning targets: %s", self.targets.summary())
+        self.method.pruner.check_targets(self.targets.names, self.targets.params)
         schedule = self.method.schedule
         saved = self._saved_calibration(completed_steps)
         if saved:  # resuming: the calibration of the original start, not one of the half-trained weights
@@ -141,7 +142,7 @@ class PruningCallback(TrainerCallback):
         if self.schedule.prunes_at(t):
             if self._zeroed is not None:
                 self.regrowth = self.measure_regrowth()
-            result = self.method.pruner.prune_(params, self.schedule.sparsity(t))
+            result = self.method.pruner.prune_(params, self.schedule.sparsity(t), self.targets.names)
             self.threshold = result.threshold
             self.last_prune_step = t
             # the pruned fraction (weights already at exactly zero among the kept ones aside)

@@ -36,6 +36,12 @@ class PruningMethod:
     pruner: GlobalPruner = field(default_factory=GlobalPruner)
     targets: TargetSelector = field(default_factory=TargetSelector)
 
+    def __post_init__(self) -> None:
+        final, reachable = self.schedule.final_sparsity, getattr(self.pruner, "max_sparsity", 1.0)
+        if final > reachable + 1e-9:
+            raise ValueError(f"sparsity={final:g} is more than {self.pruner!r} can reach: run with "
+                             f"sparsity={reachable:g} (its pattern), or prune unstructured")
+
 
 def _conf() -> Path:
     from .train import config_dir

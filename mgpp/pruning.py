@@ -33,6 +33,8 @@ __all__ = [
     "MagnitudeScore",
     "kth_smallest",
     "GlobalPruner",
+    "NMPruner",
+    "SemiStructuredScore",
     "PruneResult",
     "FixedMask",
     "save_mask",
@@ -277,12 +279,24 @@ class GlobalPruner:
         if self.chunk_numel is not None and self.chunk_numel < 1:
             raise ValueError(f"chunk_numel must be positive, got chunk_numel={self.chunk_numel}")
 
+    #: the largest sparsity this pruner can reach (a pattern such as N:M caps it)
+    max_sparsity: float = field(default=1.0, init=False, repr=False)
+
+    def _num_to_prune(self, sparsity: float, numel: int) -> int:
+        return num_to_prune(sparsity, numel)
+
+    def check_targets(self, names: Sequence[str] | None, params: Sequence[Tensor]) -> None:
+        """Refuse targets this pruner cannot prune (a pattern pruner checks their shapes)."""
+
     @torch.no_grad()
-    def prune_(self, params: Sequence[Tensor], sparsity: float) -> PruneResult:
+    def prune_(self, params: Sequence[Tensor], sparsity: float, names: Sequence[str] | None = None) -> PruneResult:
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must lie in [0, 1), got sparsity={sparsity!r}")
+        if sparsity > self.max_sparsity + 1e-9:
+            raise ValueError(f"sparsity={sparsity:g} is more than {self!r} can reach ({self.max_sparsity:g})")
+        self.check_targets(names, params)
         numel = sum(p.numel() for p in params)
-        k = num_to_prune(sparsity, numel)
+        k = self._num_to_prune(sparsity, numel)
         if k == 0:
             return PruneResult(sparsity, 0, numel, None)
         chunk_numel = self.chunk_numel or default_chunk_numel(params[0].device)
@@ -293,9 +307,9 @@ class GlobalPruner:
         ties_left = k - below  # >= 1: the k-th element itself sits at the threshold
         every_tie = ties_left == equal  # every tied weight goes (the usual case): one comparison decides
         for chunk in _chunks(params, chunk_numel):
+            if not bool(torch.isfinite(chunk).all()):  # NaN sorts above every number: it would survive silently
+                raise ValueError("cannot prune: non-finite weights (NaN or inf); the run diverged")
             s = self.score(chunk)
-            if not bool(torch.isfinite(s).all()):  # NaN sorts above every number: it would survive silently
-                raise ValueError("cannot prune: non-finite scores (the weights hold NaN or inf); the run diverged")
             if every_tie:
                 chunk.masked_fill_(s <= threshold, 0.0)
                 continue
@@ -305,6 +319,74 @@ class GlobalPruner:
                 chunk[tied] = 0.0
                 ties_left -= tied.numel()
         return PruneResult(sparsity, k, numel, threshold)
+
+
+class SemiStructuredScore:
+    """Wraps a score so that the ``n`` best-scored of every ``m`` consecutive weights score +inf.
+
+    A global selection over these scores only ever reaches the others: the weights that an N:M
+    pattern removes. Chunks must hold whole groups (:class:`NMPruner` aligns them).
+    """
+
+    nonnegative = True
+
+    def __init__(self, n: int, m: int, base: Score | None = None):
+        self.n, self.m = n, m
+        self.base = base or MagnitudeScore()
+        if not getattr(self.base, "nonnegative", False):
+            raise ValueError(f"N:M pruning needs a non-negative score, got {self.base!r}")
+
+    def __call__(self, weights: Tensor) -> Tensor:
+        groups = self.base(weights).reshape(-1, self.m)
+        best = groups.topk(self.n, dim=1, sorted=False).indices
+        return groups.scatter(1, best, math.inf).view(weights.shape)
+
+    def __repr__(self) -> str:
+        return f"SemiStructuredScore(n={self.n}, m={self.m}, base={self.base!r})"
+
+
+@dataclass
+class NMPruner(GlobalPruner):
+    """N:M semi-structured pruning: at most ``n`` nonzeros in every ``m`` consecutive weights along the
+    input dimension (the last one of an ``nn.Linear`` weight), e.g. 2:4 for sparse tensor cores.
+
+    The schedule's sparsity ``v(t)`` rises to ``1 - n/m``: each prune zeroes the ``floor(v(t) * d)``
+    lowest-scored weights among those outside their group's ``n`` best, globally; at ``v = 1 - n/m``
+    every weight outside its group's ``n`` best is zero, the exact N:M pattern. So the cubic schedule
+    reaches N:M gradually, and the prior acts on every weight as under unstructured pruning.
+    """
+
+    n: int = 2
+    m: int = 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or isinstance(self.m, bool) or not (isinstance(self.n, int)
+                                                                         and isinstance(self.m, int)):
+            raise TypeError(f"n and m must be integers, got n={self.n!r}, m={self.m!r}")
+        if not 0 < self.n < self.m:
+            raise ValueError(f"N:M pruning needs 0 < n < m, got n={self.n}, m={self.m}")
+        super().__post_init__()
+        if not isinstance(self.score, SemiStructuredScore):
+            self.score = SemiStructuredScore(self.n, self.m, self.score)
+        chunk = self.chunk_numel or CHUNK_NUMEL["cpu"]
+        self.chunk_numel = max(self.m, chunk // self.m * self.m)  # chunks hold whole groups
+        self.max_sparsity = 1.0 - self.n / self.m
+
+    def _num_to_prune(self, sparsity: float, numel: int) -> int:
+        full = numel // self.m * (self.m - self.n)  # every weight outside its group's n best
+        if sparsity >= self.max_sparsity - 1e-9:  # 1 - n/m is not exact in binary (1 - 1/3)
+            return full
+        return min(num_to_prune(sparsity, numel), full)
+
+    def check_targets(self, names, params) -> None:
+        for i, p in enumerate(params):
+            if p.dim() < 2 or p.shape[-1] % self.m:
+                name = names[i] if names else f"target tensor {i}"
+                raise ValueError(f"{self.n}:{self.m} pruning needs the input dimension (the last) divisible by "
+                                 f"{self.m}: {name} has shape {tuple(p.shape)}; exclude it from the targets")
+
+    def __repr__(self) -> str:
+        return f"NMPruner(n={self.n}, m={self.m})"
 
 
 class FixedMask:
