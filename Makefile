@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 TRAIN_ARGS ?= max_train_samples=8000 trainer.num_train_epochs=2
 ARGS ?=
 
-.PHONY: install train test bench study clean
+.PHONY: install train test bench bench-inference study clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_engine.py
+
+# Sparse CPU inference: per-layer and end-to-end latency, dense vs sparse, MiniLM-L6 and BERT-base
+# shapes at 0/80/90/95% (about 10 minutes on 2 cores; nothing else should run meanwhile).
+bench-inference: install
+	$(PY) benchmarks/bench_inference.py
 
 # The ablation study (MiniLM-L6; dense, GMP, L2, PA, MGPP x 3 seeds; MRPC 90/80%, SST-2 90%, then
 # STS-B, RTE, SST-2 80%: many hours on 2 cores), then its report. Resumable: run it again after an
