@@ -80,7 +80,7 @@ class PruningCallback(TrainerCallback):
         """Select targets and bind the schedule; called by ``on_train_begin`` (public for custom loops)."""
         self.targets = self.method.targets.select(model)
         log.info("pruning targets: %s", self.targets.summary())
-        self.method.pruner.check_targets(self.targets.names, self.targets.params)
+        self.method.pruner.check_targets(self.targets.names, self.targets.params, self.targets.input_dims)
         schedule = self.method.schedule
         saved = self._saved_calibration(completed_steps)
         if saved:  # resuming: the calibration of the original start, not one of the half-trained weights

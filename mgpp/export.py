@@ -47,7 +47,7 @@ VERSION = 1
 SPARSE_FILE = "model.sparse.safetensors"
 MANIFEST_FILE = "sparse_manifest.json"
 MASK, VALUES = "::mask", "::values"
-VALUE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+VALUE_DTYPES = {"keep": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Files of a Trainer checkpoint folder that are not part of the model: never copied.
 CHECKPOINT_ONLY = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin",
                    "scaler.pt", "mgpp_schedule.json"}
@@ -94,13 +94,24 @@ def nm_pattern(tensor: torch.Tensor, group_sizes=(2, 4, 8, 16)) -> str | None:
     return f"{n}:{m}"
 
 
+def _bytes_tensor(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
+
+
 def _crc(t: torch.Tensor) -> int:
     return zlib.crc32(_bytes(t))
 
 
 def _bytes(t: torch.Tensor) -> memoryview:
-    t = t.detach().contiguous().cpu()
-    return memoryview(t.view(torch.uint8).reshape(-1).numpy()) if t.numel() else memoryview(b"")
+    t = t.detach().contiguous().cpu().reshape(-1)  # 1-D first: a 0-dim tensor cannot change its element size
+    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+
+
+def _value_dtype(tensor_dtype: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
+    """The dtype a matrix's kept values are stored in: the requested one, but never a wider one."""
+    if requested is None or torch.finfo(requested).bits > torch.finfo(tensor_dtype).bits:
+        return tensor_dtype
+    return requested
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -138,18 +149,28 @@ class ExportSummary:
         ])
 
 
+def _weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files ``from_pretrained`` reads: the shards an index names, else model.safetensors."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        missing = [s for s in shards if not (model_dir / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} names {missing[0]}, which is missing")
+        return [model_dir / s for s in shards]
+    if (model_dir / "model.safetensors").is_file():
+        return [model_dir / "model.safetensors"]
+    if (model_dir / MANIFEST_FILE).is_file():
+        raise ValueError(f"{model_dir} is already a sparse export; load it with mgpp.load_sparse")
+    raise FileNotFoundError(f"no model.safetensors (or sharded index) in {model_dir}: save the model with "
+                            "save_pretrained, or give the model itself to export_sparse")
+
+
 def _read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    files = sorted(model_dir.glob("*.safetensors"))
-    files = [f for f in files if f.name != SPARSE_FILE]
-    if not files:
-        if (model_dir / MANIFEST_FILE).is_file():
-            raise ValueError(f"{model_dir} is already a sparse export; load it with mgpp.load_sparse")
-        raise FileNotFoundError(f"no *.safetensors weights in {model_dir} (save the model with save_pretrained, "
-                                "or give the model itself to export_sparse)")
     state: dict[str, torch.Tensor] = {}
-    for f in files:
+    for f in _weight_files(model_dir):
         state.update(load_file(str(f)))
     return state
 
@@ -166,10 +187,12 @@ def _state_dict_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def export_sparse(source, out_dir, values: str = "fp32", min_sparsity: float = 0.2) -> ExportSummary:
+def export_sparse(source, out_dir, values: str = "keep", min_sparsity: float = 0.2) -> ExportSummary:
     """Write ``source`` (a model folder saved by ``save_pretrained`` or a ``PreTrainedModel``) to
     ``out_dir`` in the sparse format. Matrices with at least ``min_sparsity`` exact zeros are stored
-    as mask + values in the ``values`` dtype (``fp32``, ``fp16``, ``bf16``); the rest unchanged."""
+    as mask + values; the rest unchanged. ``values``: ``keep`` (each matrix's own dtype: exact),
+    or ``fp16``/``bf16``/``fp32`` to round the kept values to it (never widening a narrower dtype;
+    a value that overflows the narrower dtype is refused, naming the tensor)."""
     from safetensors.torch import save_file
 
     if values not in VALUE_DTYPES:
@@ -199,7 +222,9 @@ def export_sparse(source, out_dir, values: str = "fp32", min_sparsity: float = 0
         entry = {"shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
         num_zeros = int(((t == 0) & ~torch.signbit(t)).sum()) if t.is_floating_point() and t.dim() >= 2 else 0
         if t.numel() and num_zeros >= min_sparsity * t.numel():
-            mask, kept = pack(t, VALUE_DTYPES[values])
+            mask, kept = pack(t, _value_dtype(t.dtype, VALUE_DTYPES[values]))
+            if not bool(torch.isfinite(kept).all()) and bool(torch.isfinite(t).all()):
+                raise ValueError(f"tensor {name!r}: a kept value overflows {values}; export with --values keep")
             tensors[name + MASK], tensors[name + VALUES] = mask, kept
             entry |= {"stored": "mask+values", "values_dtype": _dtype_name(kept.dtype), "nnz": kept.numel(),
                       "pattern": nm_pattern(t), "crc32_mask": _crc(mask), "crc32_values": _crc(kept)}
@@ -325,23 +350,34 @@ def load_sparse_state_dict(export_dir) -> dict[str, torch.Tensor]:
 
 def load_sparse(export_dir, model_class=None, dtype: torch.dtype | None = None, **kwargs):
     """The Hugging Face model of a sparse export (``config.json`` names its class in ``architectures``;
-    or pass ``model_class``). With fp32 values its state dict equals the exported model's bit for bit."""
+    or pass ``model_class``), in the dtype it was exported in unless ``dtype`` is given. Its state dict
+    equals the exported model's bit for bit (kept values rounded by ``--values`` aside); a tensor the
+    model expects but the export lacks, or the reverse, is an error, never a random initialisation."""
     import transformers
     from transformers import AutoConfig
 
     export_dir = Path(export_dir)
     state = load_sparse_state_dict(export_dir)
-    config = AutoConfig.from_pretrained(str(export_dir))
     if model_class is None:
+        config = AutoConfig.from_pretrained(str(export_dir))
         names = getattr(config, "architectures", None) or []
         model_class = getattr(transformers, names[0], None) if names else None
         if model_class is None:
             raise ValueError(f"{export_dir}/config.json names no transformers class in 'architectures' ({names}); "
                              "pass model_class=, e.g. transformers.BertForSequenceClassification")
+    else:
+        config = model_class.config_class.from_pretrained(str(export_dir))
+    floating = [t.dtype for t in state.values() if t.is_floating_point()]
+    target = dtype or (max(set(floating), key=floating.count) if floating else torch.float32)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        kwargs["dtype"] = dtype
-    model = model_class.from_pretrained(None, config=config, state_dict=state, **kwargs)
+    model, info = model_class.from_pretrained(None, config=config, state_dict=state, dtype=target,
+                                              output_loading_info=True, **kwargs)
+    missing, unexpected = list(info.get("missing_keys", [])), list(info.get("unexpected_keys", []))
+    if missing or unexpected:
+        what = f"lacks {missing[0]!r}" if missing else f"holds {unexpected[0]!r}, which the model has no place for"
+        raise SparseFormatError(f"{export_dir} does not fit {model_class.__name__}: the export {what} "
+                                f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
     return model.eval()
 
 
@@ -353,8 +389,9 @@ def main(argv=None) -> int:
                     "mgpp.load_sparse(dir) loads it back as a Hugging Face model.")
     parser.add_argument("model_dir", help="the pruned model's folder (a run's model/, or a checkpoint-N/)")
     parser.add_argument("--out", required=True, help="folder to write")
-    parser.add_argument("--values", choices=sorted(VALUE_DTYPES), default="fp32",
-                        help="dtype of the kept values (fp32: bit-exact; fp16/bf16: half the bytes, rounded)")
+    parser.add_argument("--values", choices=list(VALUE_DTYPES), default="keep",
+                        help="dtype of the kept values: keep (each matrix's own: bit-exact), or fp16/bf16 (half "
+                             "the bytes of fp32, rounded) or fp32; never wider than the matrix's own")
     parser.add_argument("--min-sparsity", type=float, default=0.2,
                         help="a matrix with at least this fraction of exact zeros is stored sparse (default 0.2)")
     parser.add_argument("--no-check", action="store_true", help="skip reloading the export to check it")
@@ -367,11 +404,26 @@ def main(argv=None) -> int:
         return 1
     print(summary.table())
     if not args.no_check:
-        reloaded = load_sparse_state_dict(args.out)
+        try:
+            reloaded = load_sparse_state_dict(args.out)
+        except (OSError, ValueError) as err:
+            print(f"error: the export does not load back: {err}", file=sys.stderr)
+            return 1
+        manifest = read_manifest(args.out)["tensors"]
         original = _read_state_dict(Path(args.model_dir))
-        exact = all(torch.equal(reloaded[k], v) for k, v in original.items())
-        print(f"  reloaded: {len(reloaded)} tensors, "
-              + ("bit-identical to the model" if exact else f"equal up to {args.values} rounding of the kept values"))
+        rounded = []
+        for name, tensor in original.items():
+            entry = manifest.get(name, {})
+            stored = _dtype(entry["values_dtype"]) if entry.get("stored") == "mask+values" else tensor.dtype
+            if name not in reloaded or not torch.equal(_bytes_tensor(reloaded[name]),
+                                                       _bytes_tensor(tensor.to(stored).to(tensor.dtype))):
+                print(f"error: tensor {name!r} does not reload as it was written", file=sys.stderr)
+                return 1
+            if stored != tensor.dtype:
+                rounded.append(name)
+        print(f"  reloaded: {len(reloaded)} tensors, " + (
+            f"bit-identical except the kept values of {len(rounded)} matrices, rounded to {args.values}" if rounded
+            else "bit-identical to the model"))
     return 0
 
 

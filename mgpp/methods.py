@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .priors import NoPrior, Prior
-from .pruning import GlobalPruner, TargetSelector
+from .pruning import SPARSITY_TOLERANCE, GlobalPruner, TargetSelector
 from .schedules import NoPruning, Schedule
 
 __all__ = ["PruningMethod", "preset", "method_names"]
@@ -38,9 +38,9 @@ class PruningMethod:
 
     def __post_init__(self) -> None:
         final, reachable = self.schedule.final_sparsity, getattr(self.pruner, "max_sparsity", 1.0)
-        if final > reachable + 1e-9:
-            raise ValueError(f"sparsity={final:g} is more than {self.pruner!r} can reach: run with "
-                             f"sparsity={reachable:g} (its pattern), or prune unstructured")
+        if final > reachable + SPARSITY_TOLERANCE:
+            raise ValueError(f"sparsity={final!r} is more than {self.pruner!r} can reach: run with "
+                             f"sparsity={reachable:.6g} (its pattern), or prune unstructured")
 
 
 def _conf() -> Path:

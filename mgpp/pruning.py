@@ -42,8 +42,9 @@ __all__ = [
 ]
 
 #: Every parameter inside a numbered transformer block: ``encoder.layer.3.`` (BERT,
-#: DeBERTa-v2/v3) or ``encoder.layers.3.`` / ``decoder.layers.3.`` (BART).
-DEFAULT_INCLUDE: tuple[str, ...] = (r"(^|\.)layers?\.\d+\.",)
+#: DeBERTa-v2/v3), ``encoder.layers.3.`` / ``decoder.layers.3.`` (BART), ``model.layers.3.``
+#: (Llama-style decoders) or ``transformer.h.3.`` (GPT-2).
+DEFAULT_INCLUDE: tuple[str, ...] = (r"(^|\.)(layers?|h)\.\d+\.",)
 #: ... minus normalisation, biases and embeddings (relative-position tables included).
 DEFAULT_EXCLUDE: tuple[str, ...] = (r"norm", r"\.bias$", r"embed")
 
@@ -77,6 +78,13 @@ class Targets:
 
     names: list[str]
     params: list[Tensor]
+    #: per target, the dimension its layer reads its input along: -1 (``nn.Linear``, stored (out, in)),
+    #: 0 for GPT-2's ``Conv1D`` (stored (in, out)); patterns such as N:M group along it
+    input_dims: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.input_dims:
+            self.input_dims = [-1] * len(self.params)
 
     @property
     def numel(self) -> int:
@@ -120,8 +128,9 @@ class TargetSelector:
     ``exclude`` pattern, and it has at least ``min_ndim`` dimensions. Patterns are
     regular expressions searched in the dotted name, or shell globs matched against
     the whole name when prefixed with ``glob:`` (``glob:*.attention.*.weight``).
-    The default picks every weight matrix of the transformer layers of BERT,
-    DeBERTa-v2/v3 and BART, and never embeddings, LayerNorm, biases, pooler or heads.
+    The default picks every weight matrix of the transformer layers of BERT, DeBERTa-v2/v3,
+    BART, GPT-2 and Llama-style decoders (attention and MLP projections), and never embeddings,
+    norms, biases, pooler or heads (a tied LM head is the embedding: never picked either).
     """
 
     include: Sequence[str] = DEFAULT_INCLUDE
@@ -142,11 +151,13 @@ class TargetSelector:
         )
 
     def select(self, model: nn.Module) -> Targets:
-        names, params = [], []
+        transposed = _transposed_weights(model)
+        names, params, input_dims = [], [], []
         for name, param in model.named_parameters():
             if self.matches(name, param):
                 names.append(name)
                 params.append(param)
+                input_dims.append(0 if id(param) in transposed else -1)
         if not params:
             sample = [n for n, _ in model.named_parameters()][:6]
             raise ValueError(
@@ -154,7 +165,16 @@ class TargetSelector:
                 f"(min_ndim={self.min_ndim}) matched no parameter of {type(model).__name__}; "
                 f"its parameters are named like {sample}"
             )
-        return Targets(names, params)
+        return Targets(names, params, input_dims)
+
+
+def _transposed_weights(model: nn.Module) -> set[int]:
+    """ids of the weights stored (in, out): those of transformers' ``Conv1D`` (GPT-2)."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return set()
+    return {id(m.weight) for m in model.modules() if isinstance(m, Conv1D)}
 
 
 class MagnitudeScore:
@@ -222,12 +242,35 @@ def kth_smallest(
     return value, below
 
 
-def _select(params: Sequence[Tensor], k: int, score: Score, chunk_numel: int | None) -> tuple[float, int, int]:
-    """:func:`kth_smallest`, plus how many scores equal the k-th."""
-    total = sum(p.numel() for p in params)
+def _sum_over_ranks(t: Tensor, group) -> Tensor:
+    """``t`` summed in place over the ranks of ``group`` (nothing to do without one)."""
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.all_reduce(t, group=group)
+    return t
+
+
+def _global_numel(params: Sequence[Tensor], group) -> int:
+    local = sum(p.numel() for p in params)
+    if group is None:
+        return local
+    return int(_sum_over_ranks(torch.tensor([local], dtype=torch.int64, device=_device(params)), group).item())
+
+
+def _device(params: Sequence[Tensor]) -> torch.device:
+    return params[0].device if params else torch.device("cpu")
+
+
+def _select(params: Sequence[Tensor], k: int, score: Score, chunk_numel: int | None,
+            group=None) -> tuple[float, int, int]:
+    """:func:`kth_smallest`, plus how many scores equal the k-th. With a process ``group``, ``params``
+    are this rank's shards and the selection is over all ranks' shards: the histograms are summed
+    across ranks (two all-reduces of 65,536 counts), never the weights gathered."""
+    total = _global_numel(params, group)
     if not 1 <= k <= total:
         raise ValueError(f"k must lie in [1, {total}] (number of target weights), got k={k}")
-    device = params[0].device
+    device = _device(params)
     chunk_numel = chunk_numel or default_chunk_numel(device)
     nonneg = getattr(score, "nonnegative", False)
     offset = 0 if nonneg else 1 << 15  # maps the high 16 bits of the keys onto [0, 65536)
@@ -237,7 +280,7 @@ def _select(params: Sequence[Tensor], k: int, score: Score, chunk_numel: int | N
         if offset:
             high += offset
         hist += torch.bincount(high, minlength=1 << 16)
-    high_bin, below_high = _locate(hist, k)
+    high_bin, below_high = _locate(_sum_over_ranks(hist, group), k)
 
     hist.zero_()
     high_key = high_bin - offset
@@ -246,7 +289,7 @@ def _select(params: Sequence[Tensor], k: int, score: Score, chunk_numel: int | N
         low = keys[(keys >> 16) == high_key]
         low &= 0xFFFF
         hist += torch.bincount(low, minlength=1 << 16)
-    low_bin, below_low = _locate(hist, k - below_high)
+    low_bin, below_low = _locate(_sum_over_ranks(hist, group), k - below_high)
     value = _key_to_float((high_key << 16) | low_bin)
     return value, below_high + below_low, int(hist[low_bin].item())
 
@@ -257,6 +300,10 @@ class PruneResult:
     num_pruned: int  #: floor(sparsity * numel) weights set to zero
     numel: int
     threshold: float | None  #: largest pruned score (None when nothing is pruned)
+
+
+#: how far a sparsity may sit from a pattern's exact one (1 - n/m, e.g. 0.666667 for 2:3) and still mean it
+SPARSITY_TOLERANCE = 1e-6
 
 
 def num_to_prune(sparsity: float, numel: int) -> int:
@@ -275,50 +322,86 @@ class GlobalPruner:
     score: Score = field(default_factory=MagnitudeScore)
     chunk_numel: int | None = None  #: None: per device type (see CHUNK_NUMEL)
 
+    #: the largest sparsity this pruner can reach (a pattern such as N:M caps it)
+    max_sparsity: float = field(default=1.0, init=False, repr=False)
+
     def __post_init__(self) -> None:
         if self.chunk_numel is not None and self.chunk_numel < 1:
             raise ValueError(f"chunk_numel must be positive, got chunk_numel={self.chunk_numel}")
 
-    #: the largest sparsity this pruner can reach (a pattern such as N:M caps it)
-    max_sparsity: float = field(default=1.0, init=False, repr=False)
-
     def _num_to_prune(self, sparsity: float, numel: int) -> int:
         return num_to_prune(sparsity, numel)
 
-    def check_targets(self, names: Sequence[str] | None, params: Sequence[Tensor]) -> None:
-        """Refuse targets this pruner cannot prune (a pattern pruner checks their shapes)."""
+    def check_targets(self, names: Sequence[str] | None, params: Sequence[Tensor],
+                      input_dims: Sequence[int] | None = None) -> None:
+        """Refuse targets this pruner cannot prune (a pattern pruner checks their shapes and layout)."""
+
+    @property
+    def calibration_score(self) -> Score:
+        """The score whose quantiles calibrate a schedule (prior annealing): the plain ranking."""
+        return self.score
 
     @torch.no_grad()
-    def prune_(self, params: Sequence[Tensor], sparsity: float, names: Sequence[str] | None = None) -> PruneResult:
+    def prune_(self, params: Sequence[Tensor], sparsity: float, names: Sequence[str] | None = None,
+               group=None) -> PruneResult:
+        """Zero ``floor(sparsity * d)`` of the ``d`` weights of ``params``, in place.
+
+        With a process ``group`` (sharded training), ``params`` are this rank's shards, each target
+        split along dim 0 in rank order as FSDP does, and the prune is over all ranks' shards: the same
+        threshold and mask as one process pruning the whole tensors, ties included. Communication: the
+        selection's histogram all-reduces, and one all-gather of per-tensor tie counts in the rare
+        case that only some of the weights tied at the threshold go.
+        """
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must lie in [0, 1), got sparsity={sparsity!r}")
-        if sparsity > self.max_sparsity + 1e-9:
-            raise ValueError(f"sparsity={sparsity:g} is more than {self!r} can reach ({self.max_sparsity:g})")
+        if sparsity > self.max_sparsity + SPARSITY_TOLERANCE:
+            raise ValueError(f"sparsity={sparsity!r} is more than {self!r} can reach ({self.max_sparsity!r})")
         self.check_targets(names, params)
-        numel = sum(p.numel() for p in params)
+        numel = _global_numel(params, group)
         k = self._num_to_prune(sparsity, numel)
         if k == 0:
             return PruneResult(sparsity, 0, numel, None)
-        chunk_numel = self.chunk_numel or default_chunk_numel(params[0].device)
-        threshold, below, equal = _select(params, k, self.score, chunk_numel)
+        chunk_numel = self.chunk_numel or default_chunk_numel(_device(params))
+        if not all(bool(torch.isfinite(p).all()) for p in params):  # checked before any weight is touched
+            raise ValueError("cannot prune: non-finite weights (NaN or inf); the run diverged")
+        threshold, below, equal = _select(params, k, self.score, chunk_numel, group)
         if not math.isfinite(threshold):
             raise ValueError(f"cannot prune: the pruning threshold is {threshold} (non-finite scores: the weights "
                              "hold NaN or inf)")
         ties_left = k - below  # >= 1: the k-th element itself sits at the threshold
         every_tie = ties_left == equal  # every tied weight goes (the usual case): one comparison decides
-        for chunk in _chunks(params, chunk_numel):
-            if not bool(torch.isfinite(chunk).all()):  # NaN sorts above every number: it would survive silently
-                raise ValueError("cannot prune: non-finite weights (NaN or inf); the run diverged")
-            s = self.score(chunk)
-            if every_tie:
-                chunk.masked_fill_(s <= threshold, 0.0)
-                continue
-            chunk.masked_fill_(s < threshold, 0.0)
-            if ties_left > 0:
-                tied = (s == threshold).view(-1).nonzero().view(-1)[:ties_left]
-                chunk[tied] = 0.0
-                ties_left -= tied.numel()
+        allowance = None  # per local tensor: how many of its tied weights go (sharded, some ties only)
+        if not every_tie and group is not None:
+            allowance = self._tie_allowance(params, threshold, ties_left, chunk_numel, group)
+        for i, p in enumerate(params):
+            if allowance is not None:
+                ties_left = allowance[i]
+            for chunk in _chunks([p], chunk_numel):
+                s = self.score(chunk)
+                if every_tie:
+                    chunk.masked_fill_(s <= threshold, 0.0)
+                    continue
+                chunk.masked_fill_(s < threshold, 0.0)
+                if ties_left > 0:
+                    tied = (s == threshold).view(-1).nonzero().view(-1)[:ties_left]
+                    chunk[tied] = 0.0
+                    ties_left -= tied.numel()
         return PruneResult(sparsity, k, numel, threshold)
+
+    def _tie_allowance(self, params, threshold: float, ties_left: int, chunk_numel: int, group) -> list[int]:
+        """Per local shard, how many of its weights tied at the threshold to prune, so that the ties go
+        in model order across ranks: tensor by tensor, and within a tensor rank by rank (dim-0 shards)."""
+        import torch.distributed as dist
+
+        device = _device(params)
+        counts = torch.tensor([sum(int((self.score(c) == threshold).sum()) for c in _chunks([p], chunk_numel))
+                               for p in params], dtype=torch.int64, device=device)
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        gathered = [torch.empty_like(counts) for _ in range(world)]
+        dist.all_gather(gathered, counts, group=group)
+        order = torch.stack(gathered).t().reshape(-1)  # tensor-major, rank-minor: model order
+        before = (order.cumsum(0) - order).view(len(params), world)[:, rank]
+        return [max(0, min(int(c), ties_left - int(b))) for c, b in zip(counts.tolist(), before.tolist())]
 
 
 class SemiStructuredScore:
@@ -374,11 +457,21 @@ class NMPruner(GlobalPruner):
 
     def _num_to_prune(self, sparsity: float, numel: int) -> int:
         full = numel // self.m * (self.m - self.n)  # every weight outside its group's n best
-        if sparsity >= self.max_sparsity - 1e-9:  # 1 - n/m is not exact in binary (1 - 1/3)
+        if sparsity >= self.max_sparsity - SPARSITY_TOLERANCE:  # 1 - n/m is not exact in binary (1 - 1/3)
             return full
         return min(num_to_prune(sparsity, numel), full)
 
-    def check_targets(self, names, params) -> None:
+    @property
+    def calibration_score(self) -> Score:
+        return self.score.base  # the weights' own ranking, not the pattern's +inf for each group's best
+
+    def check_targets(self, names, params, input_dims=None) -> None:
+        for i, dim in enumerate(input_dims or []):
+            if dim not in (-1, params[i].dim() - 1):
+                name = names[i] if names else f"target tensor {i}"
+                raise ValueError(f"{self.n}:{self.m} pruning groups weights along the input dimension, which {name} "
+                                 f"stores first (GPT-2's Conv1D, (in, out)); N:M for such layers is not supported: "
+                                 "exclude them from the targets or prune unstructured")
         for i, p in enumerate(params):
             if p.dim() < 2 or p.shape[-1] % self.m:
                 name = names[i] if names else f"target tensor {i}"

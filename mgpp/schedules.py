@@ -244,7 +244,7 @@ class PriorAnnealing(Schedule):
         if init is None:
             numel = sum(p.numel() for p in params)
             k = max(num_to_prune(self.final_sparsity, numel), 1)
-            magnitude, _ = kth_smallest(params, k, pruner.score, pruner.chunk_numel)
+            magnitude, _ = kth_smallest(params, k, pruner.calibration_score, pruner.chunk_numel)
             init = calibrate_sigma0_sq(dataclasses.replace(prior, sigma0_sq=self.sigma0_sq_final), magnitude)
             log.info(
                 "prior annealing: sigma0_sq_init=%.3g puts the crossover at %.3g, the %.0f%% quantile of |theta|",

@@ -45,7 +45,7 @@ def write_model_dir(path, state):
     return path
 
 
-@pytest.mark.parametrize("values", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("values", ["keep", "fp32", "fp16", "bf16"])
 def test_export_round_trips_a_state_dict_of_mixed_dtypes(tmp_path, values):
     gen = torch.Generator().manual_seed(1)
     state = {}
@@ -64,8 +64,12 @@ def test_export_round_trips_a_state_dict_of_mixed_dtypes(tmp_path, values):
     assert back.keys() == state.keys()
     for name, t in state.items():
         assert back[name].dtype == t.dtype and back[name].shape == t.shape
-        # fp32 holds every fp16 and bf16 value exactly; a value dtype equal to the tensor's is exact too
-        if manifest[name]["stored"] == "dense" or values == "fp32" or VALUE_DTYPES[values] == t.dtype:
+        entry = manifest[name]
+        if entry["stored"] == "mask+values":  # never widened: fp32 values of an fp16 matrix stay fp16
+            requested = VALUE_DTYPES[values] or t.dtype
+            widening = torch.finfo(requested).bits > torch.finfo(t.dtype).bits
+            assert entry["values_dtype"] == str(t.dtype if widening else requested).removeprefix("torch.")
+        if entry["stored"] == "dense" or entry["values_dtype"] == entry["dtype"]:
             assert torch.equal(bits(back[name]), bits(t)), name
         else:  # rounded values, the same zeros
             assert torch.equal(back[name] == 0, t == 0)
@@ -103,7 +107,7 @@ def test_export_of_an_in_memory_model_and_the_command_line(tmp_path, capsys):
     model.save_pretrained(tmp_path / "model")
     assert main([str(tmp_path / "model"), "--out", str(tmp_path / "cli"), "--values", "fp16"]) == 0
     out = capsys.readouterr().out
-    assert "pruned matrices (12, 80.0% zeros, values fp16)" in out and "equal up to fp16 rounding" in out
+    assert "pruned matrices (12, 80.0% zeros, values fp16)" in out and "rounded to fp16" in out
     assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
     assert "no model folder" in capsys.readouterr().err
 
@@ -183,3 +187,30 @@ def test_nm_pattern_is_recorded():
     assert nm_pattern(t) == "2:4"
     t.view(-1, 8)[:, 1:] = 0
     assert nm_pattern(t) == "1:8"
+
+
+def test_a_sharded_folder_is_read_through_its_index(tmp_path):
+    model = pruned_bert()
+    model.save_pretrained(tmp_path / "model", max_shard_size="40KB")
+    assert (tmp_path / "model" / "model.safetensors.index.json").is_file()
+    save_file({"stale": torch.zeros(3)}, str(tmp_path / "model" / "adapter_model.safetensors"))  # not the model's
+    export_sparse(tmp_path / "model", tmp_path / "out")
+    loaded = load_sparse(tmp_path / "out").state_dict()
+    assert all(torch.equal(bits(v), bits(model.state_dict()[k])) for k, v in loaded.items())
+
+
+def test_scalars_round_trip_and_an_overflowing_cast_is_refused(tmp_path):
+    big = torch.zeros(8, 8)
+    big[0, 0] = 1e6  # beyond fp16's 65504
+    src = write_model_dir(tmp_path / "model", {"logit_scale": torch.tensor(2.5), "w": big})
+    export_sparse(src, tmp_path / "out")
+    assert torch.equal(load_sparse_state_dict(tmp_path / "out")["logit_scale"], torch.tensor(2.5))
+    with pytest.raises(ValueError, match="tensor 'w': a kept value overflows fp16"):
+        export_sparse(src, tmp_path / "out16", values="fp16")
+
+
+def test_an_export_that_does_not_fit_the_model_class_is_refused(export_dir):
+    from transformers import BertForMaskedLM
+
+    with pytest.raises(SparseFormatError, match="does not fit BertForMaskedLM"):
+        load_sparse(export_dir, model_class=BertForMaskedLM)

@@ -9,7 +9,7 @@ import torch
 
 from mgpp.export import export_sparse, load_sparse, nm_pattern
 from mgpp.methods import PruningMethod
-from mgpp.pruning import NMPruner, TargetSelector
+from mgpp.pruning import GlobalPruner, NMPruner, TargetSelector
 from mgpp.schedules import CubicSparsity
 
 from test_train import QUICK, needs_glue, run_train
@@ -89,3 +89,45 @@ def test_a_2_4_run_ends_in_the_exact_pattern_and_exports_it(tmp_path):
     assert {manifest[n]["pattern"] for n in targets.names} == {"2:4"}
     reloaded = load_sparse(tmp_path / "export").state_dict()
     assert all(torch.equal(reloaded[k], v) for k, v in model.state_dict().items())
+
+
+def test_groups_stay_whole_across_chunk_boundaries_and_ties():
+    (w,) = random_weights((6, 40))
+    w.view(-1)[::7] = 0.25  # ties inside and across groups
+    reference = w.clone()
+    NMPruner(n=2, m=4, chunk_numel=12).prune_([w], 0.5)  # 12: three groups a chunk, many chunks
+    NMPruner(n=2, m=4).prune_([reference], 0.5)  # one chunk
+    assert torch.equal(w, reference)
+    assert bool(((w.view(-1, 4) != 0).sum(1) <= 2).all())
+
+
+def test_prior_annealing_calibrates_on_the_weights_not_the_pattern():
+    from mgpp.priors import MixtureGaussian
+    from mgpp.pruning import kth_smallest
+    from mgpp.schedules import PriorAnnealing
+
+    params = random_weights((16, 32))
+    prior = MixtureGaussian(lam=1e-7, sigma0_sq=1e-10, sigma1_sq=0.05)
+    pattern = PriorAnnealing(final_sparsity=0.5, t_i=2, t_f=8).bind(10, prior, params, NMPruner())
+    plain = PriorAnnealing(final_sparsity=0.5, t_i=2, t_f=8).bind(10, prior, params, GlobalPruner())
+    assert pattern.sigma0_sq_init == plain.sigma0_sq_init  # the median |w|, not the largest weight N:M cuts
+    assert kth_smallest(params, 256)[0] < 10  # (a finite median)
+
+
+def test_the_suggested_sparsity_of_an_inexact_pattern_is_accepted():
+    with pytest.raises(ValueError, match="run with sparsity=0.666667") as err:
+        PruningMethod(schedule=CubicSparsity(final_sparsity=0.9, t_i=1, t_f=2), pruner=NMPruner(n=1, m=3))
+    suggested = float(str(err.value).split("run with sparsity=")[1].split()[0])
+    PruningMethod(schedule=CubicSparsity(final_sparsity=suggested, t_i=1, t_f=2), pruner=NMPruner(n=1, m=3))
+    (w,) = random_weights((4, 12))
+    NMPruner(n=1, m=3).prune_([w], suggested)
+    assert bool(((w.view(-1, 3) != 0).sum(1) == 1).all())
+
+
+def test_gpt2_conv1d_weights_are_refused_by_n_m():
+    from test_decoder import tiny_gpt2
+
+    targets = TargetSelector().select(tiny_gpt2())
+    assert set(targets.input_dims) == {0}
+    with pytest.raises(ValueError, match=r"transformer.h.0.attn.c_attn.weight stores first \(GPT-2's Conv1D"):
+        NMPruner().check_targets(targets.names, targets.params, targets.input_dims)

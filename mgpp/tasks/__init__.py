@@ -2,8 +2,8 @@
 
 from .base import Task, load_model
 from .glue import GlueTask
-from .mlm import MaskedLMTask
+from .mlm import CausalLMTask, MaskedLMTask
 from .squad import SquadTask
 from .summarization import SummarizationTask
 
-__all__ = ["Task", "load_model", "GlueTask", "SquadTask", "MaskedLMTask", "SummarizationTask"]
+__all__ = ["Task", "load_model", "GlueTask", "SquadTask", "MaskedLMTask", "CausalLMTask", "SummarizationTask"]

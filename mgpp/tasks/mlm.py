@@ -1,9 +1,12 @@
-"""Upstream pruning (paper Sec. 4.5): prune a masked language model on a text corpus.
+"""Language modelling on a text corpus: masked (upstream pruning, paper Sec. 4.5) and causal (decoders).
 
-The corpus is tokenized, concatenated and cut into blocks of ``max_length`` tokens; 15% of
-the tokens are masked (BERT's 80/10/10 rule). The pruned model is saved with its mask
-(``mask.safetensors``: one bit per target weight, packed), ready for sparse transfer:
-``python -m mgpp.train task=<glue task> method=sparse_transfer model.pretrained=<run>/model``.
+The corpus is tokenized, concatenated and cut into blocks of ``max_length`` tokens.
+
+* :class:`MaskedLMTask`: 15% of the tokens are masked (BERT's 80/10/10 rule). The pruned model
+  is saved with its mask (``mask.safetensors``: one bit per target weight, packed), ready for
+  sparse transfer: ``python -m mgpp.train task=<glue task> method=sparse_transfer model.pretrained=<run>/model``.
+* :class:`CausalLMTask`: next-token prediction for decoder-only models (GPT-2, Llama-style); the
+  metric is perplexity, ``exp`` of the mean token loss on the held-out blocks.
 """
 
 from __future__ import annotations
@@ -14,13 +17,13 @@ from pathlib import Path
 from typing import ClassVar, Optional
 
 import torch
-from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer
 
 from ..pruning import load_mask, save_mask  # noqa: F401  (re-exported: they used to live here)
 from .base import Task, load_model
 from .data import resolve_data_file, subset
 
-__all__ = ["MaskedLMTask", "save_mask", "load_mask"]
+__all__ = ["CorpusTask", "MaskedLMTask", "CausalLMTask", "save_mask", "load_mask"]
 
 
 def _load_files(files: list[str], text_key: str, data_dir: str | None):
@@ -40,12 +43,12 @@ def _load_files(files: list[str], text_key: str, data_dir: str | None):
 
 
 @dataclass
-class MaskedLMTask(Task):
-    """Masked language modelling on a hub corpus or local ``.txt`` / ``.jsonl`` files."""
+class CorpusTask(Task):
+    """Shared by the language-modelling tasks: a corpus (hub or local files) cut into token blocks."""
 
     metric_scale: ClassVar[float] = 1.0  # loss and perplexity are not percentages
 
-    name: str = "mlm"
+    name: str = "lm"
     metrics: list[str] = field(default_factory=lambda: ["loss", "perplexity"])
     main_metric: str = "perplexity"
     #: hub corpus (``load_dataset(hub_dataset, hub_config)``) when no ``train_files`` are given
@@ -58,19 +61,13 @@ class MaskedLMTask(Task):
     eval_fraction: float = 0.05
     text_key: str = "text"
     max_length: int = 128
-    mlm_probability: float = 0.15
-    #: save mask.safetensors beside the model (for sparse transfer)
-    save_mask: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.mlm_probability < 1:
-            raise ValueError(f"mlm_probability must lie in (0, 1), got {self.mlm_probability}")
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must lie in (0, 1), got {self.eval_fraction}")
-
-    def build_model(self, model_cfg):
-        return load_model(model_cfg, AutoModelForMaskedLM)
+        if not self.train_files and not self.hub_dataset:
+            raise ValueError(f"task {self.name!r} needs train_files (local corpus) or hub_dataset")
 
     def _raw(self, data_dir, seed):
         if self.train_files:
@@ -105,13 +102,50 @@ class MaskedLMTask(Task):
 
         return encode(train_raw, max_train_samples), {"validation": encode(eval_raw, max_eval_samples)}
 
-    def make_trainer(self, model, args, train_set, eval_sets, tokenizer):
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=self.mlm_probability)
-        return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_sets["validation"],
-                       processing_class=tokenizer, data_collator=collator)
-
     def evaluate(self, trainer, eval_sets):
         metrics = super().evaluate(trainer, eval_sets)
         for key in [k for k in metrics if k.endswith("_loss")]:
             metrics[key[: -len("loss")] + "perplexity"] = math.exp(min(metrics[key], 50.0))
         return metrics
+
+
+@dataclass
+class MaskedLMTask(CorpusTask):
+    """Masked language modelling on a hub corpus or local ``.txt`` / ``.jsonl`` files."""
+
+    name: str = "mlm"
+    mlm_probability: float = 0.15
+    #: save mask.safetensors beside the model (for sparse transfer)
+    save_mask: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.mlm_probability < 1:
+            raise ValueError(f"mlm_probability must lie in (0, 1), got {self.mlm_probability}")
+
+    def build_model(self, model_cfg):
+        return load_model(model_cfg, AutoModelForMaskedLM)
+
+    def make_trainer(self, model, args, train_set, eval_sets, tokenizer):
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=self.mlm_probability)
+        return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_sets["validation"],
+                       processing_class=tokenizer, data_collator=collator)
+
+
+@dataclass
+class CausalLMTask(CorpusTask):
+    """Causal language modelling (decoder-only models) on a hub corpus or local files: the blocks of
+    :class:`MaskedLMTask`, labels = inputs (the model shifts them), no masking and no saved mask."""
+
+    name: str = "clm"
+
+    def build_model(self, model_cfg):
+        model, tokenizer = load_model(model_cfg, AutoModelForCausalLM)
+        if tokenizer.pad_token is None:  # GPT-2 and Llama tokenizers have none; blocks are full, so never used
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer
+
+    def make_trainer(self, model, args, train_set, eval_sets, tokenizer):
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+        return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_sets["validation"],
+                       processing_class=tokenizer, data_collator=collator)
