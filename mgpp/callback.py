@@ -28,6 +28,7 @@ import torch
 from transformers import TrainerCallback
 
 from .methods import PruningMethod
+from .distributed import local_shards
 from .pruning import FixedMask, Targets
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class PruningCallback(TrainerCallback):
         self.method = method
         self.train_size = train_size
         self.targets: Targets | None = None
+        self.group = None  # the process group of sharded targets (FSDP2), else None
+        self.sharded = None  # the sharded (DTensor) targets, whose gradients the prior reads
         self.schedule = method.schedule
         self.mask: FixedMask | None = None
         self.step = 0  # index of the last optimizer step the callback acted on
@@ -78,8 +81,17 @@ class PruningCallback(TrainerCallback):
 
     def setup(self, model, total_steps: int, completed_steps: int = 0) -> None:
         """Select targets and bind the schedule; called by ``on_train_begin`` (public for custom loops)."""
-        self.targets = self.method.targets.select(model)
-        log.info("pruning targets: %s", self.targets.summary())
+        selected = self.method.targets.select(model)
+        log.info("pruning targets: %s", selected.summary())
+        # FSDP2: the targets are DTensors; the engine works on this rank's dim-0 shards, and the pruner
+        # selects over every rank's shards through ``group`` (see mgpp.distributed)
+        with torch.no_grad():
+            local, self.group = local_shards(selected.params)
+        self.sharded = selected.params if self.group is not None else None
+        self.targets = Targets(selected.names, local, selected.input_dims) if self.group is not None else selected
+        if self.group is not None and getattr(self.method.schedule, "sigma0_sq_init", 0) is None:
+            raise ValueError("prior annealing calibrates sigma0_sq_init on the weights, which sharded training splits "
+                             "across ranks: set schedule.sigma0_sq_init explicitly (e.g. from a 1-process calibration)")
         self.method.pruner.check_targets(self.targets.names, self.targets.params, self.targets.input_dims)
         schedule = self.method.schedule
         saved = self._saved_calibration(completed_steps)
@@ -123,12 +135,28 @@ class PruningCallback(TrainerCallback):
         self.setup(model, state.max_steps, state.global_step)
 
     # -- per step ----------------------------------------------------------------------------
+    def _grads(self) -> list:
+        """The targets' gradients, as this rank's shards when the targets are sharded."""
+        if self.sharded is None:
+            return [p.grad for p in self.targets.params]
+        return [None if p.grad is None else p.grad.to_local() for p in self.sharded]
+
+    def _sparsity(self) -> float:
+        """Fraction of exact zeros over all target weights (summed over ranks when sharded)."""
+        if self.group is None:
+            return self.targets.sparsity()
+        import torch.distributed as dist
+
+        counts = torch.tensor([sum(self.targets.zeros_per_tensor()), self.targets.numel], dtype=torch.float64)
+        dist.all_reduce(counts, group=self.group)
+        return float(counts[0] / counts[1].clamp(min=1))
+
     def add_prior_grad(self, t: int) -> None:
         """Step 2 above, for optimizer step ``t``."""
         self.prior = self.schedule.prior_at(t, self.method.prior)
         self.prior_weight = self.schedule.prior_weight(t)
         params = self.targets.params
-        grads = [p.grad for p in params]
+        grads = self._grads()
         if any(g is None for g in grads):  # e.g. a frozen or unused layer
             params = [p for p, g in zip(params, grads) if g is not None]
             grads = [g for g in grads if g is not None]
@@ -142,7 +170,7 @@ class PruningCallback(TrainerCallback):
         if self.schedule.prunes_at(t):
             if self._zeroed is not None:
                 self.regrowth = self.measure_regrowth()
-            result = self.method.pruner.prune_(params, self.schedule.sparsity(t), self.targets.names)
+            result = self.method.pruner.prune_(params, self.schedule.sparsity(t), self.targets.names, self.group)
             self.threshold = result.threshold
             self.last_prune_step = t
             # the pruned fraction (weights already at exactly zero among the kept ones aside)
@@ -187,7 +215,7 @@ class PruningCallback(TrainerCallback):
     def check_finite_gradients(self, t: int) -> None:
         """Stop at the step a NaN or inf appears in the target weights' gradients (a diverging loss,
         an overflow), before the optimizer writes it into the weights: one norm per tensor."""
-        grads = [p.grad for p in self.targets.params if p.grad is not None]
+        grads = [g for g in self._grads() if g is not None]
         if not grads:
             return
         norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
@@ -229,7 +257,7 @@ class PruningCallback(TrainerCallback):
         return {
             PREFIX + "target_sparsity": self.schedule.sparsity(t) if t > 0 else 0.0,
             # exact zeros now: between the prunes of the cubic phase, momentum moves some off zero
-            PREFIX + "sparsity": self.targets.sparsity(),
+            PREFIX + "sparsity": self._sparsity(),
             PREFIX + "sparsity_after_last_prune": self.sparsity_after_prune,
             PREFIX + "threshold": self.threshold if self.threshold is not None else 0.0,
             # The magnitude a weight needed to survive the last prune (Fig. 2b). ``threshold``, the

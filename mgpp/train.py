@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from transformers import TrainingArguments, set_seed
 
 from . import config as config_schema
 from .callback import PruningCallback
+from .distributed import export_slurm_env
 from .loggers import Loggers
 from .methods import PruningMethod
 from .pruning import TargetSelector, save_mask
@@ -74,6 +76,8 @@ def _training_arguments(cfg: DictConfig, run_dir: Path, task) -> TrainingArgumen
     arguments = {**trainer, **extra}  # extra: fields this transformers version's schema lacks, or overrides
     if not torch.cuda.is_available():
         arguments["dataloader_pin_memory"] = False  # nothing to pin to; avoids a warning per loader
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun on CPUs: without use_cpu the Trainer would
+            arguments["use_cpu"] = True  # train each process alone (gloo group up, but no DDP)
     return task.training_arguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, report_to=[], **arguments)
 
 
@@ -138,6 +142,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     # -- prepare: every config error before any model or data is loaded
     config_schema.validate(cfg)
+    export_slurm_env()  # a task of a multi-process SLURM job: its rank, as torchrun would set it
     task = build(cfg.task)
     method = build_method(cfg)
     folder = RunFolder(cfg.output_dir)

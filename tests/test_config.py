@@ -29,7 +29,8 @@ def compose_train(*overrides):
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(group, option):
     value = f"[{option}]" if group == "logger" else option
-    extra = ["model.pretrained=/some/folder"] if (group, option) == ("model", "local") else []
+    extra = {("model", "local"): ["model.pretrained=/some/folder"],
+             ("pruning", "semi_structured"): ["sparsity=0.5"]}.get((group, option), [])
     cfg = compose_train(f"{group}={value}", *extra)
     validate(cfg)
     method = build_method(cfg)

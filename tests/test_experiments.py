@@ -1,6 +1,7 @@
 """Every experiment file (experiments/) and sweep file (sweeps/) composes, for every task and
 method it sweeps; the launcher configs name real plugins; the paper blocks are well formed."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -158,13 +159,33 @@ def test_optuna_sweep_maximises_the_dev_metric():
 @pytest.mark.parametrize("launcher,target", [
     ("local_parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
     ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ("slurm_multi", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
 ])
 def test_launchers_are_selectable(launcher, target):
     cfg = compose_train(f"hydra/launcher={launcher}", hydra=True)
     assert cfg.hydra.launcher._target_ == target
     get_class(target)
-    if launcher == "slurm":
+    if launcher.startswith("slurm"):
         assert cfg.hydra.launcher.max_num_timeout > 0  # requeued after a timeout or preemption
+    if launcher == "slurm_multi":  # one multi-process job per run: a process per GPU
+        assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node == 8
+
+
+def test_a_multi_process_slurm_job_gets_the_torch_distributed_environment(monkeypatch):
+    from mgpp.distributed import export_slurm_env, first_host
+
+    assert first_host("gpu[003-005,007],cpu01") == "gpu003" and first_host("node7,node8") == "node7"
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert not export_slurm_env()  # one task: nothing to set
+    for key, value in {"SLURM_NTASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_JOB_NUM_NODES": "2",
+                       "SLURM_JOB_NODELIST": "gpu[010-011]", "SLURM_JOB_ID": "4242"}.items():
+        monkeypatch.setenv(key, value)
+    assert export_slurm_env()
+    assert {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR")} == \
+        {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "gpu010"}
+    assert not export_slurm_env()  # a launcher's (or our own) RANK wins
 
 
 def test_recipes_and_experiment_values_win_over_the_defaults():

@@ -1,0 +1,87 @@
+"""Multi-process runs: sharded targets (FSDP2) and SLURM jobs with several tasks per run.
+
+* Under DDP every rank holds whole, identical weights and gradients (DDP averages the gradients
+  before the optimizer step), so each rank adds the same prior and prunes the same weights: the
+  callback needs nothing from this module.
+* Under FSDP2 (``fully_shard``) every target is a ``DTensor`` whose local tensor is this rank's
+  dim-0 shard. :func:`local_shards` gives the callback those local tensors and the process group
+  they span; the prior acts on the local shards (it is elementwise) and
+  :meth:`mgpp.pruning.GlobalPruner.prune_` selects over all shards by summing its histograms.
+* A SLURM job with several tasks per run (``hydra/launcher=slurm_multi``) runs the task function
+  once per task; :func:`export_slurm_env` turns SLURM's variables into the ``RANK``/``WORLD_SIZE``/
+  ``MASTER_ADDR`` ones torch and the Trainer read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+__all__ = ["local_shards", "export_slurm_env"]
+
+
+def local_shards(params: Sequence[Tensor]) -> tuple[list[Tensor], object | None]:
+    """``(local tensors, process group)``: the params themselves and ``None`` when none is sharded; for
+    ``DTensor`` params sharded along dim 0 of a 1-D mesh (FSDP2), their local shards (views: writing
+    them writes the params) and the mesh's group."""
+    try:
+        from torch.distributed.tensor import DTensor, Shard
+    except ImportError:  # pragma: no cover - torch without distributed
+        return list(params), None
+    if not any(isinstance(p, DTensor) for p in params):
+        return list(params), None
+    group, local = None, []
+    for p in params:
+        if not isinstance(p, DTensor):
+            raise ValueError("some pruning targets are sharded (DTensor) and some are not: shard every layer "
+                             "that holds targets (fully_shard each transformer block), or none")
+        if p.device_mesh.ndim != 1 or tuple(p.placements) != (Shard(0),):
+            raise ValueError(f"pruning supports parameters sharded along dim 0 of a 1-D mesh (FSDP2's default), "
+                             f"got placements {p.placements} on a {p.device_mesh.ndim}-D mesh")
+        mesh_group = p.device_mesh.get_group()
+        if group is not None and mesh_group is not group:
+            raise ValueError("pruning targets are sharded over different process groups")
+        group = mesh_group
+        local.append(p.to_local())
+    return local, group
+
+
+def export_slurm_env() -> bool:
+    """In a SLURM task of a multi-task job, set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` from SLURM's variables, unless a launcher
+    (torchrun, accelerate) set them already. Returns whether it did."""
+    ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    if ntasks <= 1 or "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
+        return False
+    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", os.environ.get("SLURM_NNODES", "1")))
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodelist:
+        raise RuntimeError("SLURM_NTASKS > 1 but no SLURM_JOB_NODELIST: cannot tell the master node")
+    job_id = int(os.environ.get("SLURM_JOB_ID", "0"))
+    env = {
+        "RANK": os.environ["SLURM_PROCID"],
+        "WORLD_SIZE": str(ntasks),
+        "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": str(ntasks // max(nodes, 1)),
+        "MASTER_ADDR": first_host(nodelist),
+        "MASTER_PORT": os.environ.get("MASTER_PORT", str(20000 + job_id % 40000)),  # the same on every task
+    }
+    os.environ.update(env)
+    log.info("SLURM task %s of %s: torch.distributed via %s:%s", env["RANK"], ntasks, env["MASTER_ADDR"],
+             env["MASTER_PORT"])
+    return True
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``gpu[003-005,007],cpu01`` -> ``gpu003``."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[: nodelist.index("]") + 1]
+    if "[" not in head:
+        return head
+    prefix, ranges = head.split("[", 1)
+    first = ranges.rstrip("]").split(",")[0].split("-")[0]
+    return prefix + first
