@@ -147,7 +147,8 @@ class PruningCallback(TrainerCallback):
             return self.targets.sparsity()
         import torch.distributed as dist
 
-        counts = torch.tensor([sum(self.targets.zeros_per_tensor()), self.targets.numel], dtype=torch.float64)
+        counts = torch.tensor([sum(self.targets.zeros_per_tensor()), self.targets.numel], dtype=torch.float64,
+                              device=self.targets.params[0].device)  # NCCL reduces GPU tensors only
         dist.all_reduce(counts, group=self.group)
         return float(counts[0] / counts[1].clamp(min=1))
 
