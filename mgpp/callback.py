@@ -89,15 +89,15 @@ class PruningCallback(TrainerCallback):
             local, self.group = local_shards(selected.params)
         self.sharded = selected.params if self.group is not None else None
         self.targets = Targets(selected.names, local, selected.input_dims) if self.group is not None else selected
-        if self.group is not None and getattr(self.method.schedule, "sigma0_sq_init", 0) is None:
-            raise ValueError("prior annealing calibrates sigma0_sq_init on the weights, which sharded training splits "
-                             "across ranks: set schedule.sigma0_sq_init explicitly (e.g. from a 1-process calibration)")
         self.method.pruner.check_targets(self.targets.names, self.targets.params, self.targets.input_dims)
         schedule = self.method.schedule
         saved = self._saved_calibration(completed_steps)
         if saved:  # resuming: the calibration of the original start, not one of the half-trained weights
             schedule = dataclasses.replace(schedule, **saved)
             log.info("schedule calibration from the checkpoint: %s", saved)
+        if self.group is not None and getattr(schedule, "sigma0_sq_init", 0) is None:
+            raise ValueError("prior annealing calibrates sigma0_sq_init on the weights, which sharded training splits "
+                             "across ranks: set schedule.sigma0_sq_init explicitly (e.g. from a 1-process calibration)")
         self.schedule = schedule.bind(total_steps, self.method.prior, self.targets.params, self.method.pruner)
         self.step = completed_steps
         if completed_steps > 0:  # resuming: a checkpoint with damaged weights must not train on as NaN
@@ -141,7 +141,7 @@ class PruningCallback(TrainerCallback):
             return [p.grad for p in self.targets.params]
         return [None if p.grad is None else p.grad.to_local() for p in self.sharded]
 
-    def _sparsity(self) -> float:
+    def sparsity(self) -> float:
         """Fraction of exact zeros over all target weights (summed over ranks when sharded)."""
         if self.group is None:
             return self.targets.sparsity()
@@ -151,6 +151,21 @@ class PruningCallback(TrainerCallback):
                               device=self.targets.params[0].device)  # NCCL reduces GPU tensors only
         dist.all_reduce(counts, group=self.group)
         return float(counts[0] / counts[1].clamp(min=1))
+
+    def _over_ranks(self, value: float, op: str) -> float:
+        """``value`` reduced over the ranks of sharded targets (``min`` ignores ranks whose shards are all zero)."""
+        if self.group is None:
+            return value
+        import torch.distributed as dist
+
+        device = self.targets.params[0].device
+        if op == "min":
+            t = torch.tensor([value if value > 0 else math.inf], dtype=torch.float64, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.group)
+            return 0.0 if math.isinf(float(t)) else float(t)
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t, group=self.group)
+        return float(t)
 
     def add_prior_grad(self, t: int) -> None:
         """Step 2 above, for optimizer step ``t``."""
@@ -220,8 +235,12 @@ class PruningCallback(TrainerCallback):
         if not grads:
             return
         norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
-        if not bool(torch.isfinite(norms).all()):
-            bad = [name for name, n in zip(self.targets.names, norms.tolist()) if not math.isfinite(n)]
+        finite = bool(torch.isfinite(norms).all())
+        if self.group is not None:  # a NaN in one rank's shard stops every rank, not just that one
+            finite = self._over_ranks(0.0 if finite else 1.0, "sum") == 0.0
+        if not finite:
+            bad = [name for name, n in zip(self.targets.names, norms.tolist()) if not math.isfinite(n)] \
+                or ["a tensor of another rank's shards"]
             checkpoint = ""
             if self.trainer is not None:
                 from transformers.trainer_utils import get_last_checkpoint
@@ -252,13 +271,13 @@ class PruningCallback(TrainerCallback):
         params = self.targets.params
         # right after a prune, or under a fixed mask, the smallest nonzero weight is the boundary
         if t > 0 and (self.last_prune_step == t or (self.mask is not None and self.last_prune_step > 0)):
-            self.kept_min = self.targets.min_nonzero_magnitude()
+            self.kept_min = self._over_ranks(self.targets.min_nonzero_magnitude(), "min")
         crossover = self.prior.crossover()
         scale = self.prior_weight / self.train_size
         return {
             PREFIX + "target_sparsity": self.schedule.sparsity(t) if t > 0 else 0.0,
             # exact zeros now: between the prunes of the cubic phase, momentum moves some off zero
-            PREFIX + "sparsity": self._sparsity(),
+            PREFIX + "sparsity": self.sparsity(),
             PREFIX + "sparsity_after_last_prune": self.sparsity_after_prune,
             PREFIX + "threshold": self.threshold if self.threshold is not None else 0.0,
             # The magnitude a weight needed to survive the last prune (Fig. 2b). ``threshold``, the
@@ -269,7 +288,8 @@ class PruningCallback(TrainerCallback):
             # The prior's term of the per-example objective (Eq. 3), eta/n * sum(-log pi(theta)),
             # measured from the all-zero model (see Prior.penalty): the loss's scale. Under the MGP each
             # nonzero weight beyond the spike costs about log(spike/slab peak)/n, so it is large.
-            PREFIX + "prior_penalty": scale * self.prior.penalty(params) if self.prior.active else 0.0,
+            PREFIX + "prior_penalty": self._over_ranks(scale * self.prior.penalty(params), "sum")
+            if self.prior.active else 0.0,
             # how far the weights zeroed by the previous prune had regrown before the latest one
             **{PREFIX + k: v for k, v in self.regrowth.items()},
         }

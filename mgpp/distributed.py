@@ -52,24 +52,27 @@ def local_shards(params: Sequence[Tensor]) -> tuple[list[Tensor], object | None]
 
 
 def export_slurm_env() -> bool:
-    """In a SLURM task of a multi-task job, set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-    ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` from SLURM's variables, unless a launcher
-    (torchrun, accelerate) set them already. Returns whether it did."""
-    ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    """In a task of a multi-task SLURM step (``srun``, as submitit launches them), set ``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` from SLURM's
+    variables, unless a launcher (torchrun, accelerate) set them already. A batch script that runs python
+    once inside an ``sbatch -n 8`` allocation is a single process: it is left alone. Returns whether it did."""
+    ntasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))  # set in srun steps only, unlike SLURM_NTASKS
     if ntasks <= 1 or "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
         return False
-    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", os.environ.get("SLURM_NNODES", "1")))
-    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    nodes = int(os.environ.get("SLURM_STEP_NUM_NODES", os.environ.get("SLURM_JOB_NUM_NODES", "1")))
+    nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
     if not nodelist:
-        raise RuntimeError("SLURM_NTASKS > 1 but no SLURM_JOB_NODELIST: cannot tell the master node")
+        raise RuntimeError("a multi-task SLURM step without SLURM_STEP_NODELIST: cannot tell the master node")
+    per_node = os.environ.get("SLURM_STEP_TASKS_PER_NODE", "").split("(")[0].split(",")[0]
     job_id = int(os.environ.get("SLURM_JOB_ID", "0"))
     env = {
         "RANK": os.environ["SLURM_PROCID"],
         "WORLD_SIZE": str(ntasks),
         "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
-        "LOCAL_WORLD_SIZE": str(ntasks // max(nodes, 1)),
+        "LOCAL_WORLD_SIZE": per_node if per_node.isdigit() else str(ntasks // max(nodes, 1)),
         "MASTER_ADDR": first_host(nodelist),
-        "MASTER_PORT": os.environ.get("MASTER_PORT", str(20000 + job_id % 40000)),  # the same on every task
+        # the same on every task of the job, and below Linux's ephemeral port range (32768-60999)
+        "MASTER_PORT": os.environ.get("MASTER_PORT", str(15000 + job_id % 15000)),
     }
     os.environ.update(env)
     log.info("SLURM task %s of %s: torch.distributed via %s:%s", env["RANK"], ntasks, env["MASTER_ADDR"],
@@ -78,10 +81,16 @@ def export_slurm_env() -> bool:
 
 
 def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list: ``gpu[003-005,007],cpu01`` -> ``gpu003``."""
-    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[: nodelist.index("]") + 1]
+    """The first host of a SLURM node list: ``gpu[003-005,007],cpu01`` -> ``gpu003``; ``n[1-2]-ib`` -> ``n1-ib``."""
+    depth, end = 0, len(nodelist)
+    for i, ch in enumerate(nodelist):  # the first comma outside brackets ends the first entry
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            end = i
+            break
+    head = nodelist[:end]
     if "[" not in head:
         return head
-    prefix, ranges = head.split("[", 1)
-    first = ranges.rstrip("]").split(",")[0].split("-")[0]
-    return prefix + first
+    prefix, rest = head.split("[", 1)
+    ranges, suffix = rest.split("]", 1)
+    return prefix + ranges.split(",")[0].split("-")[0] + suffix

@@ -247,7 +247,12 @@ def _sum_over_ranks(t: Tensor, group) -> Tensor:
     if group is not None:
         import torch.distributed as dist
 
-        dist.all_reduce(t, group=group)
+        if dist.get_backend(group) == "nccl" and t.device.type != "cuda":  # CPU-offloaded shards under NCCL
+            on_gpu = t.to(f"cuda:{torch.cuda.current_device()}")
+            dist.all_reduce(on_gpu, group=group)
+            t.copy_(on_gpu)
+        else:
+            dist.all_reduce(t, group=group)
     return t
 
 
@@ -263,11 +268,11 @@ def _device(params: Sequence[Tensor]) -> torch.device:
 
 
 def _select(params: Sequence[Tensor], k: int, score: Score, chunk_numel: int | None,
-            group=None) -> tuple[float, int, int]:
+            group=None, total: int | None = None) -> tuple[float, int, int]:
     """:func:`kth_smallest`, plus how many scores equal the k-th. With a process ``group``, ``params``
     are this rank's shards and the selection is over all ranks' shards: the histograms are summed
     across ranks (two all-reduces of 65,536 counts), never the weights gathered."""
-    total = _global_numel(params, group)
+    total = total if total is not None else _global_numel(params, group)
     if not 1 <= k <= total:
         raise ValueError(f"k must lie in [1, {total}] (number of target weights), got k={k}")
     device = _device(params)
@@ -349,8 +354,8 @@ class GlobalPruner:
         With a process ``group`` (sharded training), ``params`` are this rank's shards, each target
         split along dim 0 in rank order as FSDP does, and the prune is over all ranks' shards: the same
         threshold and mask as one process pruning the whole tensors, ties included. Communication: the
-        selection's histogram all-reduces, and one all-gather of per-tensor tie counts in the rare
-        case that only some of the weights tied at the threshold go.
+        selection's histogram all-reduces, and one all-reduce of per-rank, per-tensor tie counts in
+        the rare case that only some of the weights tied at the threshold go.
         """
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must lie in [0, 1), got sparsity={sparsity!r}")
@@ -362,9 +367,10 @@ class GlobalPruner:
         if k == 0:
             return PruneResult(sparsity, 0, numel, None)
         chunk_numel = self.chunk_numel or default_chunk_numel(_device(params))
-        if not all(bool(torch.isfinite(p).all()) for p in params):  # checked before any weight is touched
+        bad = torch.tensor([0 if all(bool(torch.isfinite(p).all()) for p in params) else 1], device=_device(params))
+        if int(_sum_over_ranks(bad, group).item()):  # checked before any weight is touched, and on every rank
             raise ValueError("cannot prune: non-finite weights (NaN or inf); the run diverged")
-        threshold, below, equal = _select(params, k, self.score, chunk_numel, group)
+        threshold, below, equal = _select(params, k, self.score, chunk_numel, group, numel)
         if not math.isfinite(threshold):
             raise ValueError(f"cannot prune: the pruning threshold is {threshold} (non-finite scores: the weights "
                              "hold NaN or inf)")
@@ -397,9 +403,9 @@ class GlobalPruner:
         counts = torch.tensor([sum(int((self.score(c) == threshold).sum()) for c in _chunks([p], chunk_numel))
                                for p in params], dtype=torch.int64, device=device)
         world, rank = dist.get_world_size(group), dist.get_rank(group)
-        gathered = [torch.empty_like(counts) for _ in range(world)]
-        dist.all_gather(gathered, counts, group=group)
-        order = torch.stack(gathered).t().reshape(-1)  # tensor-major, rank-minor: model order
+        table = torch.zeros(world, len(params), dtype=torch.int64, device=device)
+        table[rank] = counts
+        order = _sum_over_ranks(table, group).t().reshape(-1)  # every rank's counts; tensor-major: model order
         before = (order.cumsum(0) - order).view(len(params), world)[:, rank]
         return [max(0, min(int(c), ties_left - int(b))) for c, b in zip(counts.tolist(), before.tolist())]
 

@@ -199,15 +199,21 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
         trainer.train(resume_from_checkpoint=checkpoint)
         metrics = _final_metrics(task, trainer, eval_sets)
         final_step = trainer.state.global_step
-        metrics |= {"sparsity": pruning.targets.sparsity(), "target_sparsity": pruning.schedule.final_sparsity,
+        metrics |= {"sparsity": pruning.sparsity(), "target_sparsity": pruning.schedule.final_sparsity,
                     "train_steps": final_step, "train_examples": len(train_set), "train_size": train_size,
                     "wall_time_s": round(time.time() - start, 1)}
-        if main_process:
+        sharded = pruning.group is not None  # FSDP2: each rank holds shards; per-layer tables would show one
+        if main_process and not sharded:
             folder.write_layer_table(logging_callback.log_weights(final_step))
-            if cfg.save_model:
-                trainer.save_model(str(folder.model_dir))
-                if getattr(task, "save_mask", False):  # upstream pruning: keep the mask for sparse transfer
+        if cfg.save_model:
+            trainer.save_model(str(folder.model_dir))  # every rank: FSDP gathers the full state dict for rank 0
+            if getattr(task, "save_mask", False) and main_process:  # upstream pruning: the mask for sparse transfer
+                if sharded:
+                    log.warning("mask.safetensors is not written under sharded training; sparse transfer reads the "
+                                "mask from the saved model's zeros")
+                else:
                     save_mask(pruning.targets.names, pruning.targets.params, folder.model_dir / MASK_FILE)
+        if main_process:
             folder.write_metrics(metrics)  # last of the run's files: marks it finished
         exit_code = 0
     finally:

@@ -89,18 +89,23 @@ class TrainingLogCallback(TrainerCallback):
         self.summary: dict[str, float] = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or not state.is_world_process_zero:
+        if not logs or any(k in logs for k in _TRAIN_SUMMARY_KEYS):
+            if logs and state.is_world_process_zero:  # totals: train_summary/loss is the mean over the run
+                self.summary |= {"train_summary/" + k.removeprefix("train_"): v for k, v in logs.items()
+                                 if k != "epoch"}
             return
-        if any(k in logs for k in _TRAIN_SUMMARY_KEYS):  # totals: train_summary/loss is the mean over the run
-            self.summary |= {"train_summary/" + k.removeprefix("train_"): v for k, v in logs.items() if k != "epoch"}
-            return
-        record = {dashboard_key(k): v for k, v in logs.items()}
+        pruning_state = {}
         if "loss" in logs and self.pruning.targets is not None:  # a training log: the pruning state with it
-            record |= self.pruning.metrics()
-        self.logger.log(record, state.global_step)
+            # sharded targets: every rank takes part in the metrics' all-reduces; only rank 0 logs them
+            if state.is_world_process_zero or self.pruning.group is not None:
+                pruning_state = self.pruning.metrics()
+        if state.is_world_process_zero:
+            self.logger.log({dashboard_key(k): v for k, v in logs.items()} | pruning_state, state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.histogram_every > 0 and state.global_step % self.histogram_every == 0 and state.is_world_process_zero:
+        # histograms and per-layer tables of sharded targets would show rank 0's shards only: not logged
+        if self.histogram_every > 0 and state.global_step % self.histogram_every == 0 and state.is_world_process_zero \
+                and self.pruning.group is None:
             self.log_weights(state.global_step)
 
     def log_weights(self, step: int) -> list[list]:

@@ -175,16 +175,22 @@ def test_a_multi_process_slurm_job_gets_the_torch_distributed_environment(monkey
     from mgpp.distributed import export_slurm_env, first_host
 
     assert first_host("gpu[003-005,007],cpu01") == "gpu003" and first_host("node7,node8") == "node7"
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("SLURM_NTASKS", "1")
-    assert not export_slurm_env()  # one task: nothing to set
-    for key, value in {"SLURM_NTASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_JOB_NUM_NODES": "2",
-                       "SLURM_JOB_NODELIST": "gpu[010-011]", "SLURM_JOB_ID": "4242"}.items():
+    assert first_host("n[1-2]-ib") == "n1-ib" and first_host("x,gpu[1-2]") == "x"
+    exported = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    for key in exported:  # recorded by monkeypatch, so that the test leaves the environment as it found it
+        monkeypatch.setenv(key, "x")
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert not export_slurm_env()  # python run once in an sbatch -n 8 allocation: one process, left alone
+    for key, value in {"SLURM_STEP_NUM_TASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1",
+                       "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NODELIST": "gpu[010-011]",
+                       "SLURM_STEP_TASKS_PER_NODE": "8(x2)", "SLURM_JOB_ID": "4242"}.items():
         monkeypatch.setenv(key, value)
     assert export_slurm_env()
-    assert {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR")} == \
-        {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "gpu010"}
+    assert {k: os.environ[k] for k in exported} == {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1",
+                                                    "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "gpu010",
+                                                    "MASTER_PORT": str(15000 + 4242)}
     assert not export_slurm_env()  # a launcher's (or our own) RANK wins
 
 
