@@ -181,6 +181,9 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
                                          cfg.seed)
     trainer = task.make_trainer(model, training_args, train_set, eval_sets, tokenizer)
     make_checkpoints_atomic(trainer)
+    if cfg.trainer.get("fsdp") and not getattr(trainer, "is_fsdp_enabled", False):
+        log.warning("trainer.fsdp is set but the Trainer runs without FSDP (accelerate shards on GPUs only; on CPUs "
+                    "it falls back to DDP or one process): the targets are whole tensors on every rank")
     train_size = cfg.train_size or len(train_set)
     if cfg.max_train_samples is not None and cfg.train_size is None and method.prior.active:
         log.warning("max_train_samples=%d: the prior is scaled by 1/n with n=%d, the subset's size; set "
