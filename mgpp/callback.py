@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .methods import PruningMethod
 from .distributed import local_shards
-from .pruning import FixedMask, Targets
+from .methods import PruningMethod
+from .pruning import FixedMask, Targets, reduce_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -145,27 +145,20 @@ class PruningCallback(TrainerCallback):
         """Fraction of exact zeros over all target weights (summed over ranks when sharded)."""
         if self.group is None:
             return self.targets.sparsity()
-        import torch.distributed as dist
-
         counts = torch.tensor([sum(self.targets.zeros_per_tensor()), self.targets.numel], dtype=torch.float64,
-                              device=self.targets.params[0].device)  # NCCL reduces GPU tensors only
-        dist.all_reduce(counts, group=self.group)
-        return float(counts[0] / counts[1].clamp(min=1))
+                              device=self.targets.params[0].device)
+        zeros, numel = reduce_over_ranks(counts, self.group).tolist()
+        return zeros / max(numel, 1)
 
     def _over_ranks(self, value: float, op: str) -> float:
         """``value`` reduced over the ranks of sharded targets (``min`` ignores ranks whose shards are all zero)."""
         if self.group is None:
             return value
-        import torch.distributed as dist
-
-        device = self.targets.params[0].device
-        if op == "min":
-            t = torch.tensor([value if value > 0 else math.inf], dtype=torch.float64, device=device)
-            dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.group)
-            return 0.0 if math.isinf(float(t)) else float(t)
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(t, group=self.group)
-        return float(t)
+        if op == "min" and value <= 0:
+            value = math.inf
+        t = torch.tensor([value], dtype=torch.float64, device=self.targets.params[0].device)
+        result = float(reduce_over_ranks(t, self.group, op))
+        return 0.0 if math.isinf(result) else result
 
     def add_prior_grad(self, t: int) -> None:
         """Step 2 above, for optimizer step ``t``."""

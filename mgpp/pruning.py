@@ -242,17 +242,19 @@ def kth_smallest(
     return value, below
 
 
-def _sum_over_ranks(t: Tensor, group) -> Tensor:
-    """``t`` summed in place over the ranks of ``group`` (nothing to do without one)."""
+def reduce_over_ranks(t: Tensor, group, op: str = "sum") -> Tensor:
+    """``t`` reduced in place (``sum`` or ``min``) over the ranks of ``group``; nothing to do without one.
+    Under NCCL a CPU tensor (CPU-offloaded shards) makes the trip through the current GPU."""
     if group is not None:
         import torch.distributed as dist
 
-        if dist.get_backend(group) == "nccl" and t.device.type != "cuda":  # CPU-offloaded shards under NCCL
+        reduce_op = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN}[op]
+        if dist.get_backend(group) == "nccl" and t.device.type != "cuda":
             on_gpu = t.to(f"cuda:{torch.cuda.current_device()}")
-            dist.all_reduce(on_gpu, group=group)
+            dist.all_reduce(on_gpu, op=reduce_op, group=group)
             t.copy_(on_gpu)
         else:
-            dist.all_reduce(t, group=group)
+            dist.all_reduce(t, op=reduce_op, group=group)
     return t
 
 
@@ -260,7 +262,7 @@ def _global_numel(params: Sequence[Tensor], group) -> int:
     local = sum(p.numel() for p in params)
     if group is None:
         return local
-    return int(_sum_over_ranks(torch.tensor([local], dtype=torch.int64, device=_device(params)), group).item())
+    return int(reduce_over_ranks(torch.tensor([local], dtype=torch.int64, device=_device(params)), group).item())
 
 
 def _device(params: Sequence[Tensor]) -> torch.device:
@@ -285,7 +287,7 @@ def _select(params: Sequence[Tensor], k: int, score: Score, chunk_numel: int | N
         if offset:
             high += offset
         hist += torch.bincount(high, minlength=1 << 16)
-    high_bin, below_high = _locate(_sum_over_ranks(hist, group), k)
+    high_bin, below_high = _locate(reduce_over_ranks(hist, group), k)
 
     hist.zero_()
     high_key = high_bin - offset
@@ -294,7 +296,7 @@ def _select(params: Sequence[Tensor], k: int, score: Score, chunk_numel: int | N
         low = keys[(keys >> 16) == high_key]
         low &= 0xFFFF
         hist += torch.bincount(low, minlength=1 << 16)
-    low_bin, below_low = _locate(_sum_over_ranks(hist, group), k - below_high)
+    low_bin, below_low = _locate(reduce_over_ranks(hist, group), k - below_high)
     value = _key_to_float((high_key << 16) | low_bin)
     return value, below_high + below_low, int(hist[low_bin].item())
 
@@ -368,7 +370,7 @@ class GlobalPruner:
             return PruneResult(sparsity, 0, numel, None)
         chunk_numel = self.chunk_numel or default_chunk_numel(_device(params))
         bad = torch.tensor([0 if all(bool(torch.isfinite(p).all()) for p in params) else 1], device=_device(params))
-        if int(_sum_over_ranks(bad, group).item()):  # checked before any weight is touched, and on every rank
+        if int(reduce_over_ranks(bad, group).item()):  # checked before any weight is touched, and on every rank
             raise ValueError("cannot prune: non-finite weights (NaN or inf); the run diverged")
         threshold, below, equal = _select(params, k, self.score, chunk_numel, group, numel)
         if not math.isfinite(threshold):
@@ -405,7 +407,7 @@ class GlobalPruner:
         world, rank = dist.get_world_size(group), dist.get_rank(group)
         table = torch.zeros(world, len(params), dtype=torch.int64, device=device)
         table[rank] = counts
-        order = _sum_over_ranks(table, group).t().reshape(-1)  # every rank's counts; tensor-major: model order
+        order = reduce_over_ranks(table, group).t().reshape(-1)  # every rank's counts; tensor-major: model order
         before = (order.cumsum(0) - order).view(len(params), world)[:, rank]
         return [max(0, min(int(c), ties_left - int(b))) for c, b in zip(counts.tolist(), before.tolist())]
 
