@@ -13,6 +13,7 @@ cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HYDRA_FULL_ERROR=1
 PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-2}
+# A block: Hydra overrides, then "method=" and the methods to run with them.
 declare -A BLOCK=(
   [mrpc90]="task=mrpc sparsity=0.9 method=gmp l2 pa mgpp"
   [mrpc_dense]="task=mrpc sparsity=0.0 method=dense"
@@ -25,17 +26,31 @@ declare -A BLOCK=(
   [rte_dense]="task=rte sparsity=0.0 method=dense"
   [sst2_80]="task=sst2 sparsity=0.8 method=gmp l2 pa mgpp"
   [mrpc70]="task=mrpc sparsity=0.7 method=gmp l2 pa mgpp"
+  # the follow-up (sweeps/study_ablation_followup.yaml: why these points), in its own folder
+  [followup]="task=mrpc sparsity=0.9 sweep=study_ablation_followup sigma0_sq=1e-8 method=mgpp
+              task=mrpc sparsity=0.9 sweep=study_ablation_followup sigma0_sq=1e-6 method=mgpp
+              task=mrpc sparsity=0.9 sweep=study_ablation_followup sigma1_sq=1.0 method=l2 mgpp
+              task=mrpc sparsity=0.9 sweep=study_ablation_followup sigma0_sq=1e-6 sigma1_sq=1.0 method=mgpp"
 )
 REQUIRED="mrpc_dense sst2_dense mrpc90 sst2_90 mrpc80"
 OPTIONAL="stsb_dense stsb90 rte_dense rte90 sst2_80"
 SEEDS=${SEEDS:-"1 2 3"}
-if [ -n "${BLOCKS:-}" ]; then GROUPS_=("$BLOCKS"); else GROUPS_=("$REQUIRED" "$OPTIONAL"); fi
+# Groups of blocks, each "blocks:seeds", in the order they run: the required blocks' first seed, the
+# follow-up (one seed), the required blocks' other seeds, the optional blocks.
+if [ -n "${BLOCKS:-}" ]; then
+  ORDER=("$BLOCKS:$SEEDS")
+else
+  FIRST=${SEEDS%% *}; REST=${SEEDS#"$FIRST"}
+  ORDER=("$REQUIRED:$FIRST" "followup:$FIRST" "$REQUIRED:$REST" "$OPTIONAL:$SEEDS")
+fi
 queue() {
-  for blocks in "${GROUPS_[@]}"; do
-    for seed in $SEEDS; do
-      for block in $blocks; do
-        read -r task sparsity methods <<<"${BLOCK[$block]%%method=*} ${BLOCK[$block]#*method=}"
-        for method in $methods; do echo "$task $sparsity method=$method seed=$seed"; done
+  for group in "${ORDER[@]}"; do
+    for seed in ${group#*:}; do
+      for block in ${group%%:*}; do
+        while read -r line; do
+          [ -n "$line" ] || continue
+          for method in ${line#*method=}; do echo "${line%%method=*}method=$method seed=$seed"; done
+        done <<<"${BLOCK[$block]}"
       done
     done
   done
@@ -52,3 +67,7 @@ queue | xargs -P "$JOBS" -L 1 bash -c '
   fi' "$PY"
 "$PY" -m mgpp.report study_ablation experiments/results/study_ablation/runs --out experiments/results/study_ablation \
     --fig2a-methods mgpp,l2
+if [ -d experiments/results/study_ablation/followup ]; then
+  "$PY" -m mgpp.report experiments/results/study_ablation/followup experiments/results/study_ablation/runs/mrpc \
+      --by sigma0_sq sigma1_sq --out experiments/results/study_ablation/followup
+fi
