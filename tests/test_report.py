@@ -219,6 +219,25 @@ def test_collapsed_runs_are_marked_and_differences_are_paired_by_seed(tmp_path):
     assert f"| mrpc | 90% | mgpp − l2 | accuracy +9.0 [{9 - half:+.1f}, {9 + half:+.1f}]" in text
 
 
+def test_the_gap_change_between_sparsities_is_paired_by_seed(tmp_path):
+    from mgpp.report.tables import differences, differences_markdown, gap_changes
+
+    # mgpp - l2 per seed: 1, 2, 3 points at 80%; 4, 6, 5 at 90% -> changes 3, 4, 2
+    values = {(0.8, "mgpp", 1): 0.81, (0.8, "mgpp", 2): 0.82, (0.8, "mgpp", 3): 0.83,
+              (0.8, "l2", 1): 0.80, (0.8, "l2", 2): 0.80, (0.8, "l2", 3): 0.80,
+              (0.9, "mgpp", 1): 0.74, (0.9, "mgpp", 2): 0.76, (0.9, "mgpp", 3): 0.75,
+              (0.9, "l2", 1): 0.70, (0.9, "l2", 2): 0.70, (0.9, "l2", 3): 0.70, (0.9, "l2", 4): 0.60}
+    for (sparsity, method, seed), acc in values.items():
+        fake_run(tmp_path, method, seed, acc, acc, sparsity=sparsity)
+    diffs = differences(find_runs([tmp_path]), others=("l2",))
+    changes = [c for c in gap_changes(diffs) if c.label == "accuracy"]
+    assert len(changes) == 1
+    change = changes[0]
+    assert (change.from_sparsity, change.sparsity, change.seeds) == (0.8, 0.9, [1, 2, 3])
+    assert change.diffs == pytest.approx([3.0, 4.0, 2.0]) and change.mean == pytest.approx(3.0)
+    assert "| mrpc | 80% → 90% | mgpp − l2 | accuracy +3.0 [" in differences_markdown(diffs)
+
+
 def test_dev_curves_figure_averages_seeds(tmp_path):
     from mgpp.report.figures import figure_dev_curves
 
