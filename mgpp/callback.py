@@ -30,6 +30,7 @@ from transformers import TrainerCallback
 from .distributed import local_shards
 from .methods import PruningMethod
 from .pruning import FixedMask, Targets, reduce_over_ranks
+from .run_folder import SCHEDULE_STATE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,10 @@ class PruningCallback(TrainerCallback):
             self.mask = FixedMask(self.targets.params)
             log.info("fixed mask: %.4f of the target weights stay zero", self.targets.sparsity())
 
-    CALIBRATION_FILE = "mgpp_schedule.json"
-
     def _saved_calibration(self, completed_steps: int) -> dict:
         if completed_steps <= 0 or self.trainer is None:
             return {}
-        path = os.path.join(self.trainer.args.output_dir, f"checkpoint-{completed_steps}", self.CALIBRATION_FILE)
+        path = os.path.join(self.trainer.args.output_dir, f"checkpoint-{completed_steps}", SCHEDULE_STATE_FILE)
         if not os.path.isfile(path):
             return {}
         with open(path, encoding="utf-8") as f:
@@ -128,7 +127,7 @@ class PruningCallback(TrainerCallback):
         calibration = self.schedule.calibration() if self.targets is not None else {}
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if calibration and os.path.isdir(folder):
-            with open(os.path.join(folder, self.CALIBRATION_FILE), "w", encoding="utf-8") as f:
+            with open(os.path.join(folder, SCHEDULE_STATE_FILE), "w", encoding="utf-8") as f:
                 json.dump(calibration, f)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

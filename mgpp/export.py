@@ -37,6 +37,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from .run_folder import SCHEDULE_STATE_FILE
+
 log = logging.getLogger(__name__)
 
 __all__ = ["export_sparse", "load_sparse", "load_sparse_state_dict", "pack", "unpack", "nm_pattern",
@@ -50,7 +52,7 @@ MASK, VALUES = "::mask", "::values"
 VALUE_DTYPES = {"keep": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Files of a Trainer checkpoint folder that are not part of the model: never copied.
 CHECKPOINT_ONLY = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin",
-                   "scaler.pt", "mgpp_schedule.json"}
+                   "scaler.pt", SCHEDULE_STATE_FILE}
 
 
 class SparseFormatError(ValueError):

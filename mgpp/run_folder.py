@@ -30,6 +30,7 @@ LAYER_FILE = "layer_sparsity.csv"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 MASK_FILE = "mask.safetensors"
+SCHEDULE_STATE_FILE = "mgpp_schedule.json"  # in each checkpoint: the schedule's calibration (PA's start)
 LAYER_COLUMNS = ("parameter", "weights", "zeros", "sparsity")
 #: config keys that may change between an interrupted run and its resumption
 RESUME_IGNORES = ("output_dir", "resume", "logger", "trainer.disable_tqdm", "paper", "recipe")

@@ -137,7 +137,8 @@ def test_report_prints_the_paper_beside_ours_from_an_experiment_file(tmp_path, c
 @pytest.mark.parametrize("name", SWEEPS)
 def test_sweep_composes_and_sweeps_something(name):
     cfg = compose_train(f"sweep={name}", "task=mrpc", hydra=True)
-    assert cfg.hydra.sweeper.params
+    if name != "study_ablation_followup":  # that one names folders; run.sh lists its points (test below)
+        assert cfg.hydra.sweeper.params
     assert "${now:" not in OmegaConf.to_yaml(cfg.hydra.sweep, resolve=False)  # fixed dir: reruns resume
     get_class(cfg.hydra.sweeper._target_)
     validate(cfg)
@@ -227,3 +228,34 @@ def test_optuna_sweep_resumes_from_its_sqlite_study(tmp_path):
     study = optuna.load_study(study_name="mgpp_rte_sparsity0.9", storage=f"sqlite:///{sweep}/optuna.db")
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 3
     assert len(list(sweep.glob("*/metrics.json"))) == 3
+
+
+def test_study_followup_points_compose_into_their_own_folders():
+    """run.sh's follow-up block: each point composes on top of the study, with its prior knobs set,
+    in a folder of its own outside the study's grid (so the grid's finished runs still match)."""
+    import subprocess
+
+    env = dict(os.environ, DRY_RUN="1", BLOCKS="followup", SEEDS="1")
+    lines = subprocess.run(["bash", str(ROOT / "experiments/results/study_ablation/run.sh")], env=env,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(lines) == 5
+    folders = set()
+    for line in lines:
+        overrides = line.split()
+        cfg = compose_train("experiment=study_ablation", *overrides, hydra=True)
+        validate(cfg)
+        knobs = dict(o.split("=", 1) for o in overrides)
+        for key in ("sigma0_sq", "sigma1_sq"):
+            expected = float(knobs.get(key, cfg.recipe.mrpc[key]))
+            assert cfg[key] == pytest.approx(expected)
+        prior = build_method(cfg).prior  # L2's variance is the slab's; MGPP's mixture has both
+        assert getattr(prior, "sigma_sq", getattr(prior, "sigma1_sq", None)) == pytest.approx(cfg.sigma1_sq)
+        assert getattr(prior, "sigma0_sq", cfg.sigma0_sq) == pytest.approx(cfg.sigma0_sq)
+        run_dir = cfg.hydra.run.dir
+        for key in ("task.name", "method.name", "sparsity", "seed", "sigma0_sq", "sigma1_sq"):
+            run_dir = run_dir.replace("${" + key + "}", str(OmegaConf.select(cfg, key)))
+        assert run_dir.startswith("experiments/results/study_ablation/followup/mrpc/") and "$" not in run_dir
+        folders.add(run_dir)
+    assert len(folders) == 5
+    study = compose_train("experiment=study_ablation", "task=mrpc", hydra=True)
+    assert study.hydra.run.dir.startswith("experiments/results/study_ablation/runs/")
