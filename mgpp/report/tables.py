@@ -367,26 +367,26 @@ def gap_changes(diffs: Sequence[Difference]) -> list[Difference]:
     return out
 
 
+DIFFERENCES_NOTE = ("Mean difference in percent points over the seeds both methods have (paired by seed), with a "
+                    "95% Student-t interval [low, high] (none for a single seed). An interval that excludes 0 is a "
+                    "difference the seeds resolve.")
+CHANGES_NOTE = ("Per seed, the difference at the higher sparsity minus the difference at the lower one, then mean "
+                "and 95% Student-t interval as above: positive means the reference's lead grows with sparsity "
+                "(the paper: MGPP - L2 on MNLI +1.2 at 80%, +3.6 at 90%).")
+
+
 def differences_markdown(diffs: Sequence[Difference]) -> str:
     """A table per experiment: a row per (task, sparsity, comparison), a column per metric; then, where
     a comparison was made at several sparsities, how it changed between them."""
     out = []
     for experiment in dict.fromkeys(d.experiment for d in diffs):
         mine = [d for d in diffs if d.experiment == experiment]
-        out += [f"### {experiment}: differences", "",
-                "| task | sparsity | difference | metrics | seeds |", "|---|---|---|---|---|"]
-        out += _difference_rows(mine)
-        out += ["", "Mean difference in percent points over the seeds both methods have (paired by seed), with a "
-                "95% Student-t interval [low, high] (none for a single seed). An interval that excludes 0 is a "
-                "difference the seeds resolve.", ""]
-        changes = gap_changes(mine)
-        if changes:
-            out += [f"### {experiment}: how the differences change with sparsity", "",
-                    "| task | sparsity | difference | change in metrics | seeds |", "|---|---|---|---|---|"]
-            out += _difference_rows(changes)
-            out += ["", "Per seed, the difference at the higher sparsity minus the difference at the lower one, "
-                    "then mean and 95% Student-t interval as above: positive means the reference's lead grows "
-                    "with sparsity (the paper: MGPP - L2 on MNLI +1.2 at 80%, +3.6 at 90%).", ""]
+        for title, members, note in ((f"{experiment}: differences", mine, DIFFERENCES_NOTE),
+                                     (f"{experiment}: how the differences change with sparsity",
+                                      gap_changes(mine), CHANGES_NOTE)):
+            if members:
+                out += [f"### {title}", "", "| task | sparsity | difference | metrics | seeds |",
+                        "|---|---|---|---|---|", *_difference_rows(members), "", note, ""]
     return "\n".join(out)
 
 
