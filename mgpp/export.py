@@ -168,11 +168,12 @@ def _weight_files(model_dir: Path) -> list[Path]:
                             "save_pretrained, or give the model itself to export_sparse")
 
 
-def _read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(model_dir) -> dict[str, torch.Tensor]:
+    """Every tensor of a saved Hugging Face model folder (``model.safetensors`` or the shards its index names)."""
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}
-    for f in _weight_files(model_dir):
+    for f in _weight_files(Path(model_dir)):
         state.update(load_file(str(f)))
     return state
 
@@ -210,7 +211,7 @@ def export_sparse(source, out_dir, values: str = "keep", min_sparsity: float = 0
             raise FileNotFoundError(f"no model folder at {model_dir}")
         if out_dir.resolve() == model_dir.resolve():
             raise ValueError("--out must be a different folder from the model's")
-        state = _read_state_dict(model_dir)
+        state = read_state_dict(model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     tensors, manifest = {}, {}
@@ -412,7 +413,7 @@ def main(argv=None) -> int:
             print(f"error: the export does not load back: {err}", file=sys.stderr)
             return 1
         manifest = read_manifest(args.out)["tensors"]
-        original = _read_state_dict(Path(args.model_dir))
+        original = read_state_dict(Path(args.model_dir))
         rounded = []
         for name, tensor in original.items():
             entry = manifest.get(name, {})

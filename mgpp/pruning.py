@@ -243,12 +243,12 @@ def kth_smallest(
 
 
 def reduce_over_ranks(t: Tensor, group, op: str = "sum") -> Tensor:
-    """``t`` reduced in place (``sum`` or ``min``) over the ranks of ``group``; nothing to do without one.
+    """``t`` reduced in place (``sum``, ``min`` or ``max``) over the ranks of ``group``; nothing to do without one.
     Under NCCL a CPU tensor (CPU-offloaded shards) makes the trip through the current GPU."""
     if group is not None:
         import torch.distributed as dist
 
-        reduce_op = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN}[op]
+        reduce_op = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op]
         if dist.get_backend(group) == "nccl" and t.device.type != "cuda":
             on_gpu = t.to(f"cuda:{torch.cuda.current_device()}")
             dist.all_reduce(on_gpu, op=reduce_op, group=group)

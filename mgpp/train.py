@@ -205,17 +205,15 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
         metrics |= {"sparsity": pruning.sparsity(), "target_sparsity": pruning.schedule.final_sparsity,
                     "train_steps": final_step, "train_examples": len(train_set), "train_size": train_size,
                     "wall_time_s": round(time.time() - start, 1)}
-        sharded = pruning.group is not None  # FSDP2: each rank holds shards; per-layer tables would show one
-        if main_process and not sharded:
-            folder.write_layer_table(logging_callback.log_weights(final_step))
+        sharded = pruning.group is not None  # FSDP2: each rank holds shards; every rank joins the reductions
+        if main_process or sharded:
+            rows = logging_callback.log_weights(final_step, log=main_process)
+            if main_process:
+                folder.write_layer_table(rows)
         if cfg.save_model:
             trainer.save_model(str(folder.model_dir))  # every rank: FSDP gathers the full state dict for rank 0
             if getattr(task, "save_mask", False) and main_process:  # upstream pruning: the mask for sparse transfer
-                if sharded:
-                    log.warning("mask.safetensors is not written under sharded training; sparse transfer reads the "
-                                "mask from the saved model's zeros")
-                else:
-                    save_mask(pruning.targets.names, pruning.targets.params, folder.model_dir / MASK_FILE)
+                save_mask(*_whole_targets(pruning, folder.model_dir), folder.model_dir / MASK_FILE)
         if main_process:
             folder.write_metrics(metrics)  # last of the run's files: marks it finished
         exit_code = 0
@@ -223,6 +221,22 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
         loggers.finish(logging_callback.summary | metrics, exit_code)
     log.info("final: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
     return metrics
+
+
+def _whole_targets(pruning: PruningCallback, model_dir: Path) -> tuple[list[str], list[torch.Tensor]]:
+    """The target tensors whole: in memory, or under sharded training (each rank holds shards) as
+    the saved model holds them, gathered by the Trainer's save."""
+    names = pruning.targets.names
+    if pruning.group is None:
+        return names, pruning.targets.params
+    from .export import read_state_dict
+
+    state = read_state_dict(model_dir)
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise KeyError(f"the saved model in {model_dir} lacks target {missing[0]!r} ({len(missing)} in all): "
+                       "cannot write the mask for sparse transfer")
+    return names, [state[n] for n in names]
 
 
 def config_dir() -> str:

@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from .callback import PruningCallback
 from .loggers import Histogram, MetricLogger
+from .pruning import reduce_over_ranks
 from .run_folder import LAYER_COLUMNS, dashboard_key
 
 __all__ = ["weight_histogram", "log_magnitude_histogram", "layer_table", "TrainingLogCallback"]
@@ -23,55 +24,64 @@ _TRAIN_SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps
                        "total_flos")
 
 
-def _max_abs(params: Sequence[Tensor]) -> float:
-    return float(torch.stack(torch._foreach_norm([p.detach().float() for p in params], float("inf"))).max())
+def _max_abs(params: Sequence[Tensor], group=None) -> float:
+    local = torch.stack(torch._foreach_norm([p.detach().float() for p in params], float("inf"))).max()
+    return float(reduce_over_ranks(local.reshape(1), group, "max"))
 
 
 @torch.no_grad()
 def _nonzero_histogram(params: Sequence[Tensor], bins: int, lo: float, hi: float,
-                       transform: Callable[[Tensor], Tensor]) -> Histogram:
-    """Histogram over ``[lo, hi]`` of ``transform`` of the nonzero entries of ``params``, binned on their device."""
+                       transform: Callable[[Tensor], Tensor], group=None) -> Histogram:
+    """Histogram over ``[lo, hi]`` of ``transform`` of the nonzero entries of ``params``, binned on their
+    device; with a process ``group`` (sharded targets), over every rank's shards (three all-reduces)."""
     device = params[0].device
-    counts = torch.zeros(bins, dtype=torch.float64, device=device)
-    stats = torch.zeros(3, dtype=torch.float64, device=device)  # num, sum, sum of squares
-    low, high = torch.tensor(float("inf")), torch.tensor(float("-inf"))
+    counts = torch.zeros(bins + 3, dtype=torch.float64, device=device)  # the bins, then num, sum, sum of squares
+    extremes = torch.tensor([float("inf"), float("inf")], dtype=torch.float64, device=device)  # min, -max
     for p in params:
         values = p.detach().float()
         values = transform(values[values != 0])
         if values.numel() == 0:
             continue
-        counts += torch.histc(values, bins=bins, min=lo, max=hi).double()
-        stats += torch.stack([torch.tensor(values.numel(), device=device, dtype=torch.float64),
-                              values.double().sum(), values.double().square().sum()])
-        low, high = torch.minimum(low, values.min().cpu()), torch.maximum(high, values.max().cpu())
-    num, total, squares = stats.tolist()
+        counts[:bins] += torch.histc(values, bins=bins, min=lo, max=hi).double()
+        counts[bins:] += torch.stack([torch.tensor(values.numel(), device=device, dtype=torch.float64),
+                                      values.double().sum(), values.double().square().sum()])
+        extremes = torch.minimum(extremes, torch.stack([values.min(), -values.max()]).double())
+    reduce_over_ranks(counts, group)
+    reduce_over_ranks(extremes, group, "min")
+    num, total, squares = counts[bins:].tolist()
+    low, high = extremes[0].item(), -extremes[1].item()
     edges = torch.linspace(lo, hi, bins + 1).tolist()
-    return Histogram(counts=[int(c) for c in counts.tolist()], edges=edges, num=int(num), sum=total,
-                     sum_squares=squares, min=float(low) if num else 0.0, max=float(high) if num else 0.0)
+    return Histogram(counts=[int(c) for c in counts[:bins].tolist()], edges=edges, num=int(num), sum=total,
+                     sum_squares=squares, min=low if num else 0.0, max=high if num else 0.0)
 
 
-def weight_histogram(params: Sequence[Tensor], bins: int = 64) -> Histogram:
-    """Histogram of the nonzero entries of ``params`` over [-max|w|, max|w|]."""
-    limit = _max_abs(params) or 1.0
-    return _nonzero_histogram(params, bins, -limit, limit, lambda values: values)
+def weight_histogram(params: Sequence[Tensor], bins: int = 64, group=None) -> Histogram:
+    """Histogram of the nonzero entries of ``params`` over [-max|w|, max|w|] (over all ranks' shards
+    with a process ``group``)."""
+    limit = _max_abs(params, group) or 1.0
+    return _nonzero_histogram(params, bins, -limit, limit, lambda values: values, group)
 
 
-def log_magnitude_histogram(params: Sequence[Tensor], bins: int = 64, low: float = 1e-8) -> Histogram:
+def log_magnitude_histogram(params: Sequence[Tensor], bins: int = 64, low: float = 1e-8, group=None) -> Histogram:
     """Histogram of ``log10 |w|`` over the nonzero entries of ``params``, on ``[log10 low, log10 max|w|]``.
 
     Linear bins put nearly all weights in the two bins around zero; log-magnitude bins show how
     far the survivors of pruning sit from zero, the comparison of the paper's Fig. 2a. Edges and
     statistics are in log10 units; magnitudes below ``low`` count in the first bin.
     """
-    hi = math.log10(max(_max_abs(params), low * 10))
-    return _nonzero_histogram(params, bins, math.log10(low), hi, lambda values: values.abs().clamp_min(low).log10())
+    hi = math.log10(max(_max_abs(params, group), low * 10))
+    return _nonzero_histogram(params, bins, math.log10(low), hi,
+                              lambda values: values.abs().clamp_min(low).log10(), group)
 
 
 def layer_table(pruning: PruningCallback) -> list[list]:
-    """Rows ``(parameter, weights, zeros, sparsity)`` for every target tensor."""
+    """Rows ``(parameter, weights, zeros, sparsity)`` for every target tensor (whole tensors: the
+    shards' counts summed over the ranks when the targets are sharded)."""
     targets = pruning.targets
-    return [[name, p.numel(), zeros, round(zeros / p.numel(), 6)]
-            for name, p, zeros in zip(targets.names, targets.params, targets.zeros_per_tensor())]
+    counts = torch.tensor([[p.numel() for p in targets.params], targets.zeros_per_tensor()], dtype=torch.int64,
+                          device=targets.params[0].device)
+    numels, zeros = reduce_over_ranks(counts, pruning.group).tolist()
+    return [[name, n, z, round(z / n, 6)] for name, n, z in zip(targets.names, numels, zeros)]
 
 
 class TrainingLogCallback(TrainerCallback):
@@ -103,17 +113,21 @@ class TrainingLogCallback(TrainerCallback):
             self.logger.log({dashboard_key(k): v for k, v in logs.items()} | pruning_state, state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
-        # histograms and per-layer tables of sharded targets would show rank 0's shards only: not logged
-        if self.histogram_every > 0 and state.global_step % self.histogram_every == 0 and state.is_world_process_zero \
-                and self.pruning.group is None:
-            self.log_weights(state.global_step)
+        # sharded targets: every rank takes part in the reductions, rank 0 logs
+        if self.histogram_every > 0 and state.global_step % self.histogram_every == 0 \
+                and (state.is_world_process_zero or self.pruning.group is not None):
+            self.log_weights(state.global_step, log=state.is_world_process_zero)
 
-    def log_weights(self, step: int) -> list[list]:
-        """Log the weight histograms, the per-layer table and per-layer scalars; returns the table's rows."""
-        params = self.pruning.targets.params
-        self.logger.log_histogram("weights/nonzero_targets", weight_histogram(params, self.bins), step)
-        self.logger.log_histogram("weights/nonzero_log10_magnitude", log_magnitude_histogram(params, self.bins), step)
+    def log_weights(self, step: int, log: bool = True) -> list[list]:
+        """The weight histograms, the per-layer table and per-layer scalars, logged when ``log``
+        (under sharded training every rank computes them, rank 0 logs); returns the table's rows."""
+        params, group = self.pruning.targets.params, self.pruning.group
+        histograms = {"weights/nonzero_targets": weight_histogram(params, self.bins, group),
+                      "weights/nonzero_log10_magnitude": log_magnitude_histogram(params, self.bins, group=group)}
         rows = layer_table(self.pruning)
-        self.logger.log_table("sparsity/per_layer", LAYER_COLUMNS, rows, step)
-        self.logger.log({f"sparsity/{name}": sparsity for name, _, _, sparsity in rows}, step)
+        if log:
+            for name, histogram in histograms.items():
+                self.logger.log_histogram(name, histogram, step)
+            self.logger.log_table("sparsity/per_layer", LAYER_COLUMNS, rows, step)
+            self.logger.log({f"sparsity/{name}": sparsity for name, _, _, sparsity in rows}, step)
         return rows

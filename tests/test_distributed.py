@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,7 +104,11 @@ def _method():
 def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
+    from safetensors.torch import save_file
+
     from mgpp.callback import PruningCallback
+    from mgpp.train import _whole_targets
+    from mgpp.training_log import layer_table, log_magnitude_histogram, weight_histogram
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
@@ -115,8 +120,17 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
         assert callback.group is not None
         metrics = callback.metrics()
         full = {n: p.full_tensor() for n, p in zip(callback.targets.names, callback.sharded)}
+        # the dashboards' histograms and per-layer table, over every rank's shards (each rank joins)
+        shards = callback.targets.params
+        logged = {"linear": weight_histogram(shards, 16, callback.group),
+                  "log10": log_magnitude_histogram(shards, 16, group=callback.group), "table": layer_table(callback)}
         if rank == 0:
-            torch.save({"weights": full, "metrics": metrics}, os.path.join(out_dir, "fsdp.pt"))
+            whole = list(full.values())
+            unsharded = {"linear": weight_histogram(whole, 16), "log10": log_magnitude_histogram(whole, 16)}
+            save_file(full, os.path.join(out_dir, "model.safetensors"))  # as the Trainer's save gathers it
+            names, saved = _whole_targets(callback, Path(out_dir))
+            torch.save({"weights": full, "metrics": metrics, "logged": logged, "unsharded": unsharded,
+                        "saved_targets": dict(zip(names, saved))}, os.path.join(out_dir, "fsdp.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -133,6 +147,16 @@ def test_fsdp2_run_ends_with_the_masks_of_a_single_process_run(tmp_path):
         w = sharded["weights"][name]
         assert torch.equal(w == 0, p == 0), name  # exactly the same masks
         assert torch.allclose(w, p, atol=1e-5), name
+        assert torch.equal(sharded["saved_targets"][name], w), name  # the mask's source under FSDP: the saved model
+    # histograms over the shards of all ranks = histograms of the whole tensors
+    for kind in ("linear", "log10"):
+        logged, whole = sharded["logged"][kind], sharded["unsharded"][kind]
+        assert logged.counts == whole.counts and logged.num == whole.num and logged.edges == whole.edges, kind
+        assert (logged.min, logged.max) == (whole.min, whole.max), kind
+        assert logged.sum == pytest.approx(whole.sum, rel=1e-9) and logged.sum_squares == pytest.approx(whole.sum_squares)
+    from mgpp.training_log import layer_table
+
+    assert sharded["logged"]["table"] == layer_table(reference)  # whole tensors' sizes and zeros, same masks
 
 
 # -- DDP: python -m torch.distributed.run --nproc_per_node 2 -m mgpp.train ----------------------------
