@@ -201,6 +201,10 @@ class PruningCallback(TrainerCallback):
             count += int(zeroed.sum())
             moved += int((magnitude > 0).sum())
             largest = max(largest, float(magnitude.max()) if magnitude.numel() else 0.0)
+        if self.group is not None:  # sharded: over every rank's shards
+            sums = torch.tensor([total, count, moved], dtype=torch.float64, device=self.targets.params[0].device)
+            total, count, moved = reduce_over_ranks(sums, self.group).tolist()
+            largest = self._over_ranks(largest, "max")
         return {"regrowth_mean": total / max(count, 1), "regrowth_max": largest,
                 "regrowth_nonzero_fraction": moved / max(count, 1)}
 

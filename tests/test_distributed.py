@@ -143,6 +143,8 @@ def test_fsdp2_run_ends_with_the_masks_of_a_single_process_run(tmp_path):
     reference = _train(_no_dropout_bert(), PruningCallback(_method(), train_size=64))
     assert sharded["metrics"]["pruning/sparsity"] == pytest.approx(reference.metrics()["pruning/sparsity"], abs=1e-9)
     assert sharded["metrics"]["pruning/threshold"] == pytest.approx(reference.threshold, rel=1e-4)
+    for key, value in reference.regrowth.items():  # over every rank's shards, not rank 0's
+        assert sharded["metrics"]["pruning/" + key] == pytest.approx(value, rel=1e-3), key
     for name, p in zip(reference.targets.names, reference.targets.params):
         w = sharded["weights"][name]
         assert torch.equal(w == 0, p == 0), name  # exactly the same masks
