@@ -45,16 +45,22 @@ def compute(names: Sequence[str], predictions: np.ndarray, labels: np.ndarray) -
     return {name: METRICS[name](predictions, labels) for name in names}
 
 
-def prediction_spread(predictions: np.ndarray) -> dict[str, float]:
+def prediction_spread(predictions: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
     """How varied the predictions are, to tell a collapsed model (one class, a constant score).
 
     Classification: ``majority_prediction_fraction``, the share of the most frequent predicted
-    class (1.0: a single class for every example). Regression: ``prediction_std``.
+    class (1.0: a single class for every example), and with ``labels`` ``majority_label_fraction``,
+    the share of the most frequent label: the accuracy of always predicting it, the chance level a
+    model must beat. Regression: ``prediction_std``.
     """
     predictions = np.asarray(predictions)
     if predictions.ndim > 1 and predictions.shape[-1] > 1:
         counts = np.bincount(predictions.argmax(-1).reshape(-1), minlength=predictions.shape[-1])
-        return {"majority_prediction_fraction": float(counts.max() / max(counts.sum(), 1))}
+        spread = {"majority_prediction_fraction": float(counts.max() / max(counts.sum(), 1))}
+        if labels is not None:
+            label_counts = np.bincount(np.asarray(labels).reshape(-1).astype(np.int64))
+            spread["majority_label_fraction"] = float(label_counts.max() / max(label_counts.sum(), 1))
+        return spread
     return {"prediction_std": float(np.std(_scores(predictions)))}
 
 
@@ -67,7 +73,7 @@ def for_task(names: Sequence[str]) -> Callable:
         predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
         if isinstance(predictions, tuple):
             predictions = predictions[0]
-        return compute(names, predictions, labels) | prediction_spread(predictions)
+        return compute(names, predictions, labels) | prediction_spread(predictions, labels)
 
     return compute_metrics
 

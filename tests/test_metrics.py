@@ -41,7 +41,8 @@ def test_for_task_reads_eval_prediction_and_rejects_unknown_metrics():
         predictions = (np.array([[0.0, 1.0], [1.0, 0.0]]),)  # tuple, as some models return
         label_ids = np.array([1, 1])
 
-    assert for_task(["accuracy"])(EvalPrediction()) == {"accuracy": 0.5, "majority_prediction_fraction": 0.5}
+    assert for_task(["accuracy"])(EvalPrediction()) == {"accuracy": 0.5, "majority_prediction_fraction": 0.5,
+                                                         "majority_label_fraction": 1.0}
     with pytest.raises(ValueError, match="acuracy"):
         for_task(["acuracy"])
 
@@ -55,3 +56,5 @@ def test_prediction_spread_tells_a_collapsed_model():
         "majority_prediction_fraction": 0.5}
     assert prediction_spread(np.array([[2.5], [2.5], [2.5]])) == {"prediction_std": 0.0}
     assert prediction_spread(np.array([1.0, 3.0]))["prediction_std"] == pytest.approx(1.0)
+    # with the labels: the commonest label's share, the accuracy of always predicting it (MRPC dev: 68.4%)
+    assert prediction_spread(one_class, np.array([1, 1, 0, 1]))["majority_label_fraction"] == 0.75
