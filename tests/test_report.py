@@ -219,6 +219,26 @@ def test_collapsed_runs_are_marked_and_differences_are_paired_by_seed(tmp_path):
     assert f"| mrpc | 90% | mgpp − l2 | accuracy +9.0 [{9 - half:+.1f}, {9 + half:+.1f}]" in text
 
 
+def test_a_run_no_better_than_the_commonest_label_is_marked_by_its_tasks_chance_level(tmp_path):
+    from mgpp.report.tables import chance_levels, is_collapsed
+
+    # PA predicts both classes but is at chance (68.4% of the dev labels are positive); it ran before
+    # runs recorded the chance level, which a later run of the same task did
+    for method, seed, acc in (("pa", 1, 0.686), ("mgpp", 1, 0.699), ("mgpp", 2, 0.70)):
+        metrics = fake_run(tmp_path, method, seed, acc, 0.8)
+        metrics["eval_majority_prediction_fraction"] = 0.81
+        if seed == 2:
+            metrics["eval_majority_label_fraction"] = 0.684
+        (tmp_path / "mrpc" / method / f"sparsity0.9_seed{seed}" / "metrics.json").write_text(json.dumps(metrics))
+    runs = find_runs([tmp_path])
+    assert chance_levels(runs) == {"mrpc": {"eval_": 0.684}}
+    assert is_collapsed({"eval_accuracy": 0.69, "eval_majority_label_fraction": 0.684})  # its own record
+    assert not is_collapsed({"eval_accuracy": 0.70, "eval_majority_label_fraction": 0.684})
+    rows = {r.method: r for r in summarize(runs)}
+    assert rows["pa"].collapsed == 1 and rows["mgpp"].collapsed == 0
+    assert "(1/1 collapsed)" in rows["pa"].cell() and "commonest dev label" in to_markdown(list(rows.values()))
+
+
 def test_the_gap_change_between_sparsities_is_paired_by_seed(tmp_path):
     from mgpp.report.tables import differences, differences_markdown, gap_changes
 

@@ -224,17 +224,39 @@ def _paper_numbers(cells: Sequence[PaperCell], experiment: str, task: str, metho
 #: a classifier whose most frequent predicted class covers this share of the dev set, or a regressor
 #: whose predictions spread less than this (label units), is marked as collapsed
 COLLAPSED_FRACTION, COLLAPSED_STD = 0.99, 0.01
+#: so is a classifier whose accuracy is within this of always predicting the commonest dev label
+CHANCE_MARGIN = 0.01
+LABEL_MAJORITY = "majority_label_fraction"
 
 
-def is_collapsed(metrics: dict) -> bool:
-    """Whether a finished run's model predicts (nearly) a single class, or a constant score.
+def chance_levels(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
+    """Per task, ``{metric prefix: share of the commonest dev label}`` from the runs that recorded it
+    (``mgpp.metrics.prediction_spread``); the dev set is the same for every run of a task, so runs
+    made before the key existed are judged by their task's."""
+    levels: dict[str, dict[str, float]] = defaultdict(dict)
+    for run in runs:
+        if run.finished:
+            for key, value in run.metrics.items():
+                if key.endswith(LABEL_MAJORITY):
+                    levels[run.get("task.name")][key[: -len(LABEL_MAJORITY)]] = float(value)
+    return dict(levels)
 
-    Read from the prediction spread the GLUE tasks record at evaluation (``mgpp.metrics.prediction_spread``);
-    runs without it are never marked.
+
+def is_collapsed(metrics: dict, chance: dict[str, float] | None = None) -> bool:
+    """Whether a finished run's model predicts (nearly) a single class or a constant score, or is no
+    better than chance: an accuracy within ``CHANCE_MARGIN`` of always predicting the commonest label.
+
+    Read from the prediction spread the GLUE tasks record at evaluation (``mgpp.metrics.prediction_spread``)
+    and from ``chance`` (:func:`chance_levels` of the run's task; default: the run's own record); runs
+    without either are never marked.
     """
     fractions = [v for k, v in metrics.items() if k.endswith("majority_prediction_fraction")]
     spreads = [v for k, v in metrics.items() if k.endswith("prediction_std")]
-    return any(f >= COLLAPSED_FRACTION for f in fractions) or any(s < COLLAPSED_STD for s in spreads)
+    chance = chance if chance is not None else {k[: -len(LABEL_MAJORITY)]: v for k, v in metrics.items()
+                                                if k.endswith(LABEL_MAJORITY)}
+    at_chance = any(prefix + "accuracy" in metrics and metrics[prefix + "accuracy"] <= level + CHANCE_MARGIN
+                    for prefix, level in chance.items())
+    return any(f >= COLLAPSED_FRACTION for f in fractions) or any(s < COLLAPSED_STD for s in spreads) or at_chance
 
 
 def summarize(runs: Sequence[Run], by: Sequence[str] = (), paper: Sequence[PaperCell] | None = None) -> list[Row]:
@@ -244,6 +266,7 @@ def summarize(runs: Sequence[Run], by: Sequence[str] = (), paper: Sequence[Paper
     """
     paper = cells_from_runs(runs) if paper is None else paper
     groups = group_runs(runs, by)
+    chance = chance_levels(runs)
     rows = []
     for (experiment, task, method, sparsity, by_values), members in groups.items():
         done = [r for r in members if r.finished]
@@ -264,7 +287,7 @@ def summarize(runs: Sequence[Run], by: Sequence[str] = (), paper: Sequence[Paper
             wall_time_s=statistics.fmean(float(r.metrics.get("wall_time_s", math.nan)) for r in done),
             paper=_paper_numbers(paper, experiment, task, method, sparsity),
             paper_table=done[0].get("paper.table"), unfinished=len(members) - len(done),
-            collapsed=sum(is_collapsed(r.metrics) for r in done),
+            collapsed=sum(is_collapsed(r.metrics, chance.get(task)) for r in done),
         ))
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (r.experiment, r.sparsity, order.get(r.method, len(order)), r.method, str(r.by), r.task))
@@ -451,7 +474,9 @@ def to_markdown(rows: Sequence[Row], paper: Sequence[PaperCell] = ()) -> str:
                 "order of the column header.")
         if any(r.collapsed for r in mine):
             note += (f" \"(k/n collapsed)\": k of the n seeds ended predicting one class for at least "
-                     f"{COLLAPSED_FRACTION:.0%} of the dev set (or a constant score); they are in the mean, marked.")
+                     f"{COLLAPSED_FRACTION:.0%} of the dev set (or a constant score), or with an accuracy within "
+                     f"{100 * CHANCE_MARGIN:.0f} point of always predicting the commonest dev label; they are in the "
+                     "mean, marked.")
         if cells:
             note += (f" Rows marked (paper) are the paper's {table or 'table'}, transcribed in the experiment file; "
                      f"{NOT_CONVERGED}: the paper's non-convergence.")
