@@ -67,7 +67,8 @@ queue | xargs -P "$JOBS" -L 1 bash -c '
   fi' "$PY"
 "$PY" -m mgpp.report study_ablation experiments/results/study_ablation/runs --out experiments/results/study_ablation \
     --fig2a-methods mgpp,l2
-if [ -d experiments/results/study_ablation/followup ]; then
+if [ -d experiments/results/study_ablation/followup ]; then  # beside the study's MRPC runs; by the prior's
+  # resolved variances (the first runs' configs predate the top-level sigma keys)
   "$PY" -m mgpp.report experiments/results/study_ablation/followup experiments/results/study_ablation/runs/mrpc \
-      --by sigma0_sq sigma1_sq --out experiments/results/study_ablation/followup
+      --by prior.sigma0_sq prior.sigma1_sq --out experiments/results/study_ablation/followup
 fi
