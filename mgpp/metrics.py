@@ -57,9 +57,11 @@ def prediction_spread(predictions: np.ndarray, labels: np.ndarray | None = None)
     if predictions.ndim > 1 and predictions.shape[-1] > 1:
         counts = np.bincount(predictions.argmax(-1).reshape(-1), minlength=predictions.shape[-1])
         spread = {"majority_prediction_fraction": float(counts.max() / max(counts.sum(), 1))}
-        if labels is not None:
-            label_counts = np.bincount(np.asarray(labels).reshape(-1).astype(np.int64))
-            spread["majority_label_fraction"] = float(label_counts.max() / max(label_counts.sum(), 1))
+        labels = None if labels is None else np.asarray(labels)
+        if labels is not None and labels.ndim == 1:  # class ids; ignored positions (-100) left out
+            kept = labels[labels >= 0].astype(np.int64)
+            if kept.size:
+                spread["majority_label_fraction"] = float(np.bincount(kept).max() / kept.size)
         return spread
     return {"prediction_std": float(np.std(_scores(predictions)))}
 

@@ -206,14 +206,16 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
                     "train_steps": final_step, "train_examples": len(train_set), "train_size": train_size,
                     "wall_time_s": round(time.time() - start, 1)}
         sharded = pruning.group is not None  # FSDP2: each rank holds shards; every rank joins the reductions
-        if main_process or sharded:
-            rows = logging_callback.log_weights(final_step, log=main_process)
-            if main_process:
-                folder.write_layer_table(rows)
+        rows = logging_callback.log_weights(final_step, log=main_process) if main_process or sharded else None
         if cfg.save_model:
             trainer.save_model(str(folder.model_dir))  # every rank: FSDP gathers the full state dict for rank 0
-            if getattr(task, "save_mask", False) and main_process:  # upstream pruning: the mask for sparse transfer
-                save_mask(*_whole_targets(pruning, folder.model_dir), folder.model_dir / MASK_FILE)
+        # rank 0's own files after the last collective, so that a failed write cannot leave ranks waiting
+        if main_process:
+            folder.write_layer_table(rows)
+            if cfg.save_model and getattr(task, "save_mask", False):  # upstream pruning: the mask for sparse transfer
+                whole = _whole_targets(pruning, folder.model_dir)
+                if whole is not None:
+                    save_mask(*whole, folder.model_dir / MASK_FILE)
         if main_process:
             folder.write_metrics(metrics)  # last of the run's files: marks it finished
         exit_code = 0
@@ -223,19 +225,26 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
     return metrics
 
 
-def _whole_targets(pruning: PruningCallback, model_dir: Path) -> tuple[list[str], list[torch.Tensor]]:
+def _whole_targets(pruning: PruningCallback, model_dir: Path) -> tuple[list[str], list[torch.Tensor]] | None:
     """The target tensors whole: in memory, or under sharded training (each rank holds shards) as
-    the saved model holds them, gathered by the Trainer's save."""
+    the saved model holds them, gathered by the Trainer's save. None, with a warning, where the saved
+    model cannot give them (no safetensors, other names): the run's results stand without its mask."""
     names = pruning.targets.names
     if pruning.group is None:
         return names, pruning.targets.params
     from .export import read_state_dict
 
-    state = read_state_dict(model_dir)
+    try:
+        state = read_state_dict(model_dir)
+    except (FileNotFoundError, ValueError) as err:
+        log.warning("mask.safetensors not written: %s; sparse transfer can read the mask from the saved "
+                    "model's zeros", err)
+        return None
     missing = [n for n in names if n not in state]
     if missing:
-        raise KeyError(f"the saved model in {model_dir} lacks target {missing[0]!r} ({len(missing)} in all): "
-                       "cannot write the mask for sparse transfer")
+        log.warning("mask.safetensors not written: the saved model in %s lacks target %r (%d in all)", model_dir,
+                    missing[0], len(missing))
+        return None
     return names, [state[n] for n in names]
 
 

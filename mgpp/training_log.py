@@ -25,15 +25,17 @@ _TRAIN_SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps
 
 
 def _max_abs(params: Sequence[Tensor], group=None) -> float:
-    local = torch.stack(torch._foreach_norm([p.detach().float() for p in params], float("inf"))).max()
-    return float(reduce_over_ranks(local.reshape(1), group, "max"))
+    present = [p.detach().float() for p in params if p.numel()]  # a rank may hold an empty shard
+    local = torch.stack(torch._foreach_norm(present, float("inf"))).max().reshape(1) if present \
+        else torch.zeros(1, device=params[0].device)
+    return float(reduce_over_ranks(local, group, "max"))
 
 
 @torch.no_grad()
 def _nonzero_histogram(params: Sequence[Tensor], bins: int, lo: float, hi: float,
                        transform: Callable[[Tensor], Tensor], group=None) -> Histogram:
     """Histogram over ``[lo, hi]`` of ``transform`` of the nonzero entries of ``params``, binned on their
-    device; with a process ``group`` (sharded targets), over every rank's shards (three all-reduces)."""
+    device; with a process ``group`` (sharded targets), over every rank's shards (two all-reduces)."""
     device = params[0].device
     counts = torch.zeros(bins + 3, dtype=torch.float64, device=device)  # the bins, then num, sum, sum of squares
     extremes = torch.tensor([float("inf"), float("inf")], dtype=torch.float64, device=device)  # min, -max

@@ -257,6 +257,19 @@ def test_the_gap_change_between_sparsities_is_paired_by_seed(tmp_path):
     assert change.diffs == pytest.approx([3.0, 4.0, 2.0]) and change.mean == pytest.approx(3.0)
     assert "| mrpc | 80% → 90% | mgpp − l2 | accuracy +3.0 [" in differences_markdown(diffs)
 
+    # a second prior setting at 90% only (as a follow-up sweep adds): split apart, never paired with 80%
+    for method, acc in (("mgpp", 0.72), ("l2", 0.71)):
+        fake_run(tmp_path / "variant", method, 1, acc, acc)
+        config = tmp_path / "variant" / "mrpc" / method / "sparsity0.9_seed1" / "config.yaml"
+        config.write_text(config.read_text().replace("lam: 1.0e-07", "lam: 1.0e-05"))
+    runs = find_runs([tmp_path])
+    for by in ((), ("prior.lam",)):
+        changes = [c for c in gap_changes(differences(runs, others=("l2",), by=by)) if c.label == "accuracy"]
+        assert all(c.from_sparsity < c.sparsity for c in changes)
+        assert [c.diffs for c in changes] == ([[3.0, 4.0, 2.0]] if by else [])  # pairable only when named
+    text = differences_markdown(differences(runs, others=("l2",), by=("prior.lam",)))
+    assert "| mrpc | 90% | mgpp − l2 (prior.lam=1e-05) | accuracy +1.0" in text
+
 
 def test_dev_curves_figure_averages_seeds(tmp_path):
     from mgpp.report.figures import figure_dev_curves

@@ -320,6 +320,7 @@ class Difference:
     diffs: list[float]  # per seed, percent points
     seeds: list[int] = field(default_factory=list)
     from_sparsity: float | None = None
+    split: tuple = ()  # ((key, value), ...) of the keys that keep runs apart (``--by``, differing configs)
 
     @property
     def n(self) -> int:
@@ -340,12 +341,12 @@ class Difference:
 
 
 def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[str] = ("l2", "gmp", "pa"),
-                ) -> list[Difference]:
-    """Per experiment, task, sparsity (and split keys): ``reference - other`` for each metric, over the
-    seeds both have."""
+                by: Sequence[str] = ()) -> list[Difference]:
+    """Per experiment, task, sparsity (and split keys: ``by`` and configs that differ within a cell):
+    ``reference - other`` for each metric, over the seeds both have."""
     cells: dict[tuple, dict[int, list[float]]] = {}
     labels: dict[tuple, list[str]] = {}
-    for (experiment, task, method, sparsity, by_values), members in group_runs(runs).items():
+    for (experiment, task, method, sparsity, by_values), members in group_runs(runs, by).items():
         done = [r for r in members if r.finished]
         if not done:
             continue
@@ -363,10 +364,10 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
             seeds = sorted(set(mine) & set(theirs))
             if not seeds:
                 continue
-            experiment, task, sparsity, _ = key
+            experiment, task, sparsity, split = key
             for i, label in enumerate(label_list):
                 out.append(Difference(experiment, task, float(sparsity), reference, other, label,
-                                      [mine[s][i] - theirs[s][i] for s in seeds], seeds))
+                                      [mine[s][i] - theirs[s][i] for s in seeds], seeds, split=split))
     return out
 
 
@@ -376,7 +377,7 @@ def gap_changes(diffs: Sequence[Difference]) -> list[Difference]:
     by_comparison: dict[tuple, list[Difference]] = defaultdict(list)
     for d in diffs:
         if d.from_sparsity is None and d.sparsity > 0:
-            by_comparison[(d.experiment, d.task, d.reference, d.other, d.label)].append(d)
+            by_comparison[(d.experiment, d.task, d.split, d.reference, d.other, d.label)].append(d)
     out = []
     for members in by_comparison.values():
         members = sorted(members, key=lambda d: d.sparsity)
@@ -415,13 +416,14 @@ def differences_markdown(diffs: Sequence[Difference]) -> str:
 
 def _difference_rows(diffs: Sequence[Difference]) -> list[str]:
     rows = []
-    groups = dict.fromkeys((d.task, d.from_sparsity, d.sparsity, d.reference, d.other) for d in diffs)
-    for task, from_sparsity, sparsity, reference, other in groups:
-        cells = [d for d in diffs if (d.task, d.from_sparsity, d.sparsity, d.reference, d.other)
-                 == (task, from_sparsity, sparsity, reference, other)]
+    groups = dict.fromkeys((d.task, d.from_sparsity, d.sparsity, d.split, d.reference, d.other) for d in diffs)
+    for group in groups:
+        task, from_sparsity, sparsity, split, reference, other = group
+        cells = [d for d in diffs if (d.task, d.from_sparsity, d.sparsity, d.split, d.reference, d.other) == group]
         metrics = "; ".join(f"{d.label} {d.text()}" for d in cells)
         where = f"{from_sparsity:.0%} → {sparsity:.0%}" if from_sparsity is not None else f"{sparsity:.0%}"
-        rows.append(f"| {task} | {where} | {reference} − {other} | {metrics} | {cells[0].n} |")
+        setting = " (" + ", ".join(f"{k}={v}" for k, v in split) + ")" if split else ""
+        rows.append(f"| {task} | {where} | {reference} − {other}{setting} | {metrics} | {cells[0].n} |")
     return rows
 
 

@@ -2,12 +2,15 @@
 # The ablation study (experiments/study_ablation.yaml) as run on the project's 2-core machine: a queue
 # of single runs, two at a time with one thread each (measured: 10% more throughput than one run on
 # both cores), in priority order: the required blocks (MRPC 90% and 80%, SST-2 90%, with their dense
-# references) for seeds 1, 2, 3 -- seed by seed, so every block has a first answer early -- then the
-# optional ones (STS-B, RTE, SST-2 80%) seed by seed. Resumable: rerun it after an interruption;
+# references) for the first seed, then the follow-up sweep (seed 1 only; sweeps/study_ablation_followup.yaml),
+# then the required blocks' other seeds, then the optional blocks (STS-B, RTE, SST-2 80%) seed by
+# seed. Resumable: rerun it after an interruption;
 # finished runs (metrics.json) are skipped in a second, interrupted ones continue from their last
 # checkpoint. Then the report.
 #   experiments/results/study_ablation/run.sh                 # everything below
 #   BLOCKS="mrpc90 mrpc_dense" SEEDS="1" experiments/results/study_ablation/run.sh   # a part of it
+#   BLOCKS=followup SEEDS=1 experiments/results/study_ablation/run.sh                 # the follow-up alone
+#   DRY_RUN=1 experiments/results/study_ablation/run.sh                               # print the queue
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HYDRA_FULL_ERROR=1
@@ -35,14 +38,20 @@ declare -A BLOCK=(
 REQUIRED="mrpc_dense sst2_dense mrpc90 sst2_90 mrpc80"
 OPTIONAL="stsb_dense stsb90 rte_dense rte90 sst2_80"
 SEEDS=${SEEDS:-"1 2 3"}
+FOLLOWUP_SEEDS=${FOLLOWUP_SEEDS:-1}  # the follow-up is one seed per point, whatever SEEDS says
 # Groups of blocks, each "blocks:seeds", in the order they run: the required blocks' first seed, the
 # follow-up (one seed), the required blocks' other seeds, the optional blocks.
 if [ -n "${BLOCKS:-}" ]; then
   ORDER=("$BLOCKS:$SEEDS")
 else
   FIRST=${SEEDS%% *}; REST=${SEEDS#"$FIRST"}
-  ORDER=("$REQUIRED:$FIRST" "followup:$FIRST" "$REQUIRED:$REST" "$OPTIONAL:$SEEDS")
+  ORDER=("$REQUIRED:$FIRST" "followup:$FOLLOWUP_SEEDS" "$REQUIRED:$REST" "$OPTIONAL:$SEEDS")
 fi
+for group in "${ORDER[@]}"; do  # a misspelt block fails here, before any run starts
+  for block in ${group%%:*}; do
+    [ -n "${BLOCK[$block]+set}" ] || { echo "unknown block '$block'; blocks: ${!BLOCK[*]}" >&2; exit 2; }
+  done
+done
 queue() {
   for group in "${ORDER[@]}"; do
     for seed in ${group#*:}; do
