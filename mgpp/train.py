@@ -216,7 +216,6 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
                 whole = _whole_targets(pruning, folder.model_dir)
                 if whole is not None:
                     save_mask(*whole, folder.model_dir / MASK_FILE)
-        if main_process:
             folder.write_metrics(metrics)  # last of the run's files: marks it finished
         exit_code = 0
     finally:

@@ -229,6 +229,11 @@ CHANCE_MARGIN = 0.01
 LABEL_MAJORITY = "majority_label_fraction"
 
 
+def _recorded_chance(metrics: dict) -> dict[str, float]:
+    """``{metric prefix ("eval_"): share of the commonest dev label}`` as a run recorded it."""
+    return {k[: -len(LABEL_MAJORITY)]: float(v) for k, v in metrics.items() if k.endswith(LABEL_MAJORITY)}
+
+
 def chance_levels(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
     """Per task, ``{metric prefix: share of the commonest dev label}`` from the runs that recorded it
     (``mgpp.metrics.prediction_spread``); the dev set is the same for every run of a task, so runs
@@ -236,10 +241,8 @@ def chance_levels(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
     levels: dict[str, dict[str, float]] = defaultdict(dict)
     for run in runs:
         if run.finished:
-            for key, value in run.metrics.items():
-                if key.endswith(LABEL_MAJORITY):
-                    levels[run.get("task.name")][key[: -len(LABEL_MAJORITY)]] = float(value)
-    return dict(levels)
+            levels[run.get("task.name")] |= _recorded_chance(run.metrics)
+    return {task: level for task, level in levels.items() if level}
 
 
 def is_collapsed(metrics: dict, chance: dict[str, float] | None = None) -> bool:
@@ -252,8 +255,7 @@ def is_collapsed(metrics: dict, chance: dict[str, float] | None = None) -> bool:
     """
     fractions = [v for k, v in metrics.items() if k.endswith("majority_prediction_fraction")]
     spreads = [v for k, v in metrics.items() if k.endswith("prediction_std")]
-    chance = chance if chance is not None else {k[: -len(LABEL_MAJORITY)]: v for k, v in metrics.items()
-                                                if k.endswith(LABEL_MAJORITY)}
+    chance = chance if chance is not None else _recorded_chance(metrics)
     at_chance = any(prefix + "accuracy" in metrics and metrics[prefix + "accuracy"] <= level + CHANCE_MARGIN
                     for prefix, level in chance.items())
     return any(f >= COLLAPSED_FRACTION for f in fractions) or any(s < COLLAPSED_STD for s in spreads) or at_chance

@@ -4,9 +4,8 @@
 # both cores), in priority order: the required blocks (MRPC 90% and 80%, SST-2 90%, with their dense
 # references) for the first seed, then the follow-up sweep (seed 1 only; sweeps/study_ablation_followup.yaml),
 # then the required blocks' other seeds, then the optional blocks (STS-B, RTE, SST-2 80%) seed by
-# seed. Resumable: rerun it after an interruption;
-# finished runs (metrics.json) are skipped in a second, interrupted ones continue from their last
-# checkpoint. Then the report.
+# seed. Resumable: rerun it after an interruption; finished runs (metrics.json) are skipped in a
+# second, interrupted ones continue from their last checkpoint. Then the report.
 #   experiments/results/study_ablation/run.sh                 # everything below
 #   BLOCKS="mrpc90 mrpc_dense" SEEDS="1" experiments/results/study_ablation/run.sh   # a part of it
 #   BLOCKS=followup SEEDS=1 experiments/results/study_ablation/run.sh                 # the follow-up alone
