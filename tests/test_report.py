@@ -123,6 +123,26 @@ def test_by_key_splits_groups(tmp_path):
                                                                          (1e-5, pytest.approx(60.0))]
 
 
+def test_by_key_alternatives_join_runs_from_before_and_after_a_key_moved(tmp_path):
+    """``sigma1_sq|prior.sigma1_sq``: an old run kept the variance in its prior block, a new one at
+    the top level (and its prior may name it otherwise); equal values are one cell's seeds."""
+    fake_run(tmp_path / "old", "l2", 1, 0.8, 0.8)
+    fake_run(tmp_path / "new", "l2", 2, 0.6, 0.6)
+    fake_run(tmp_path / "weak", "l2", 1, 0.7, 0.7)
+    for folder, top, in_prior in (("old", None, 0.05), ("new", 0.05, None), ("weak", 1.0, None)):
+        path = next((tmp_path / folder).rglob("config.yaml"))
+        config = yaml.safe_load(path.read_text())
+        config["prior"].pop("sigma1_sq", None)
+        if in_prior is not None:
+            config["prior"]["sigma1_sq"] = in_prior
+        if top is not None:
+            config["sigma1_sq"] = top
+        path.write_text(yaml.safe_dump(config))
+    rows = summarize(find_runs([tmp_path]), by=["sigma1_sq|prior.sigma1_sq"])
+    assert sorted((r.by, len(r.seeds), round(r.means[0], 6)) for r in rows) == [
+        ((("sigma1_sq", 0.05),), 2, 70.0), ((("sigma1_sq", 1.0),), 1, 70.0)]
+
+
 def test_cli_writes_markdown_csv_and_pngs(tmp_path, capsys):
     for method in ("mgpp", "l2", "gmp"):
         fake_run(tmp_path / "runs", method, 1, 0.8, 0.8)
@@ -284,6 +304,28 @@ def test_dev_curves_figure_averages_seeds(tmp_path):
     path = figure_dev_curves(groups, tmp_path / "dev.png", "eval_accuracy")
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert figure_dev_curves(groups, tmp_path / "none.png", "eval_f1") is None
+
+
+def test_figures_draw_a_line_per_setting_of_a_method(tmp_path):
+    """Two priors of MGPP are two lines, told apart by colour, each still in MGPP's line style."""
+    from mgpp.report.__main__ import _labelled_groups
+    from mgpp.report.figures import METHOD_STYLE, figure2a, figure2b, label_styles
+
+    fake_run(tmp_path, "l2", 1, 0.7, 0.7)
+    fake_run(tmp_path, "mgpp", 1, 0.8, 0.8)
+    fake_run(tmp_path / "other", "mgpp", 1, 0.6, 0.6)
+    path = tmp_path / "other/mrpc/mgpp/sparsity0.9_seed1/config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["prior"]["lam"] = 1e-5
+    path.write_text(yaml.safe_dump(config))
+    groups = _labelled_groups(find_runs([tmp_path]), ["prior.lam"])
+    assert sorted(groups) == ["l2 (prior.lam=1e-07)", "mgpp (prior.lam=1e-05)", "mgpp (prior.lam=1e-07)"]
+    styles = label_styles(groups)
+    mgpp = [styles[k] for k in groups if k.startswith("mgpp")]
+    assert len({s["color"] for s in styles.values()}) == 3 and METHOD_STYLE["mgpp"]["color"] in {s["color"] for s in mgpp}
+    assert {s["ls"] for s in mgpp} == {METHOD_STYLE["mgpp"]["ls"]}
+    for figure in (figure2a, figure2b):
+        assert figure(groups, tmp_path / f"{figure.__name__}.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def write_run(root, name, config, metrics):

@@ -31,6 +31,15 @@ def _experiment_dirs() -> list[Path]:
 log = logging.getLogger("mgpp.report")
 
 
+def _labelled_groups(runs, by) -> dict[str, list]:
+    """``{label: runs}`` as the tables group them: the method, then any setting that splits it
+    (``mgpp (sigma1_sq=1.0)``), so that two settings of a method are two lines in a figure."""
+    labelled = {}
+    for (_, _, method, _, split), members in group_runs(runs, by).items():
+        labelled[method + (" (" + ", ".join(f"{k}={v}" for k, v in split) + ")" if split else "")] = members
+    return labelled
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m mgpp.report", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "or just <name>) whose paper numbers to print beside the runs")
     p.add_argument("--out", default="report", help="output folder (default: ./report)")
     p.add_argument("--by", nargs="*", default=[], metavar="KEY",
-                   help="extra config keys to group by, e.g. lam for a sensitivity sweep")
+                   help="extra config keys to group by, e.g. lam for a sensitivity sweep; 'a|b' reads b where a "
+                        "run's config lacks a (sigma1_sq|prior.sigma1_sq: runs from before and after a key moved)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read finished runs from this W&B project")
     p.add_argument("--wandb-group", help="only W&B runs of this group (the experiment name)")
     p.add_argument("--fig2a-methods", default="mgpp,l2", help="methods compared in Fig. 2a (default: mgpp,l2)")
@@ -104,20 +114,17 @@ def main(argv=None) -> int:
         for (experiment, task, sparsity), group in sorted(by_setting.items(), key=str):
             stem = f"{experiment}_{task}_sparsity{sparsity}"
             title = f"({task}, {float(sparsity):.0%})"
-            made.append(figures.figure2a(group, out / "figures" / f"fig2a_{stem}.png",
+            labelled = _labelled_groups(group, args.by)  # a line per table row: method and setting
+            made.append(figures.figure2a(labelled, out / "figures" / f"fig2a_{stem}.png",
                                          methods=args.fig2a_methods.split(","), title=title))
-            made.append(figures.figure2b(group, out / "figures" / f"fig2b_{stem}.png", title=title))
+            made.append(figures.figure2b(labelled, out / "figures" / f"fig2b_{stem}.png", title=title))
             task_cfg = group[0].config.get("task") or {}
             if task_cfg.get("main_metric"):  # the dense reference (sparsity 0) belongs in every sparsity's curve
                 dense = [r for r in finished if r.get("method.name") == "dense" and r.get("task.name") == task
                          and r.get("experiment_name") == experiment and r not in group]
-                labelled = {}
-                for (_, _, method, _, by), members in group_runs(group + dense).items():
-                    label = method + (" (" + ", ".join(f"{k}={v}" for k, v in by) + ")" if by else "")
-                    labelled[label] = members
                 made.append(figures.figure_dev_curves(
-                    labelled, out / "figures" / f"dev_{stem}.png", f"eval_{task_cfg['main_metric']}",
-                    scale=percent_scale(task_cfg), title=title))
+                    _labelled_groups(group + dense, args.by), out / "figures" / f"dev_{stem}.png",
+                    f"eval_{task_cfg['main_metric']}", scale=percent_scale(task_cfg), title=title))
         figure_lines = [f"![{p.stem}](figures/{p.name})" for p in made if p is not None]
 
     report = ["# Results", "", f"{len(finished)} finished runs from: "

@@ -95,14 +95,26 @@ def figure_a1(path: str | Path, lam: float = 1e-7, sigma0_sq: float = 1e-10, sig
     return _save(fig, path)
 
 
-def _one_run_per_method(runs: Sequence[Run], methods: Sequence[str]) -> dict[str, Run]:
-    """The lowest-seed run of each method that has a log."""
+def _method(label: str) -> str:
+    """The method a group label names first (``mgpp (sigma1_sq=1.0)`` -> ``mgpp``)."""
+    return label.split(" ")[0]
+
+
+def _one_run_per_label(groups: dict[str, Sequence[Run]], methods: Sequence[str]) -> dict[str, Run]:
+    """The lowest-seed run with a log of each group whose method is in ``methods``, in style order."""
     chosen: dict[str, Run] = {}
-    for run in sorted(runs, key=lambda r: r.get("seed", 0)):
-        method = run.get("method.name")
-        if method in methods and method not in chosen and run.records:
-            chosen[method] = run
+    for label in _ordered(groups):
+        if _method(label) in methods:
+            logged = [r for r in sorted(groups[label], key=lambda r: r.get("seed", 0)) if r.records]
+            if logged:
+                chosen[label] = logged[0]
     return chosen
+
+
+def _ordered(labels) -> list[str]:
+    """Labels by method (the order of :data:`METHOD_STYLE`), then by name."""
+    rank = {m: i for i, m in enumerate(METHOD_STYLE)}
+    return sorted(labels, key=lambda lab: (rank.get(_method(lab), len(rank)), lab))
 
 
 LINEAR, LOG_MAGNITUDE = "weights/nonzero_targets", "weights/nonzero_log10_magnitude"
@@ -118,52 +130,87 @@ METHOD_STYLE = {
 }
 
 
+#: colours for a method's second, third ... variant (another prior setting, say) in one figure
+VARIANT_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+
 def style(method: str, points: int = 0) -> dict:
     """Matplotlib keywords for ``method``'s lines: markers spaced to about a dozen per line."""
-    base = dict(METHOD_STYLE.get(method, dict(color="gray", ls="-", marker="x")))
-    if base.get("marker") and points:
-        base["markevery"] = max(points // 12, 1)
-    return base
+    return _with_points(METHOD_STYLE.get(method, dict(color="gray", ls="-", marker="x")), points)
 
 
-def figure2a(runs: Sequence[Run], path: str | Path, methods: Sequence[str] = ("mgpp", "l2"), title: str = "") -> Path | None:
-    """Distribution of the remaining nonzero target weights at the end of training.
+def label_styles(labels) -> dict[str, dict]:
+    """A style per group label: a method's first label gets the method's colour, its other variants
+    the colours of :data:`VARIANT_COLORS` with the method's line style and marker, so that several
+    settings of one method stay apart and still read as that method."""
+    styles, seen, spare = {}, set(), 0
+    for label in _ordered(labels):
+        styles[label] = style(_method(label))
+        if _method(label) in seen:
+            styles[label]["color"] = VARIANT_COLORS[spare % len(VARIANT_COLORS)]
+            spare += 1
+        seen.add(_method(label))
+    return styles
+
+
+def _with_points(kw: dict, points: int) -> dict:
+    """A copy of ``kw`` with its markers spaced to about a dozen on a line of ``points`` points."""
+    kw = dict(kw)
+    if kw.get("marker") and points:
+        kw["markevery"] = max(points // 12, 1)
+    return kw
+
+
+def _legend(ax, entries: int, fontsize: int = 8) -> None:
+    """In the axes while it stays small; beside them once it would cover the lines."""
+    if entries > 5:
+        ax.legend(fontsize=fontsize - 1, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=fontsize)
+
+
+def figure2a(groups: dict[str, Sequence[Run]], path: str | Path, methods: Sequence[str] = ("mgpp", "l2"),
+             title: str = "") -> Path | None:
+    """Distribution of the remaining nonzero target weights at the end of training, one line per
+    group (``{label: runs}``, the label starting with the method; its lowest seed).
 
     Log-magnitude bins (they show how far the survivors sit from zero) for every run that logged
     them; a run whose log has only linear bins (older logs) gets a linear panel of its own.
     """
-    chosen = _one_run_per_method(runs, methods)
+    chosen = _one_run_per_label(groups, methods)
+    styles = label_styles(groups)
     panels = []
     for name, log_scale in ((LOG_MAGNITUDE, True), (LINEAR, False)):
         hists = {}
-        for method, run in chosen.items():
-            if any(method in drawn for drawn, _ in panels):
+        for label, run in chosen.items():
+            if any(label in drawn for drawn, _ in panels):
                 continue
             h = run.last_histogram(name)
             if h and h["num"] > 0:
-                hists[method] = h
+                hists[label] = h
         if hists:
             panels.append((hists, log_scale))
     if not panels:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
+    wide = len(chosen) > 5  # room for the legend beside the axes
+    fig, axes = plt.subplots(1, len(panels), figsize=((9.5 if wide else 6.5) * len(panels), 4), squeeze=False)
     for ax, (hists, log_scale) in zip(axes[0], panels):
-        _draw_histograms(ax, hists, chosen, log_scale)
+        _draw_histograms(ax, hists, chosen, styles, log_scale)
     fig.suptitle(f"Fig. 2a: remaining weights {title}".strip())
     return _save(fig, path)
 
 
-def _draw_histograms(ax, hists: dict, chosen: dict, log_scale: bool) -> None:
-    for i, (method, h) in enumerate(hists.items()):
+def _draw_histograms(ax, hists: dict, chosen: dict, styles: dict, log_scale: bool) -> None:
+    for i, (label, h) in enumerate(hists.items()):
         edges, counts = np.asarray(h["edges"]), np.asarray(h["counts"], dtype=float)
         if log_scale:
             edges = 10.0 ** edges
         density = counts / counts.sum()
-        kw = style(method)
-        # earlier methods drawn wider, so a later one on top of the same steps leaves them visible
+        kw = styles[label]
+        # earlier lines drawn wider, so a later one on top of the same steps leaves them visible
         ax.stairs(density, edges, color=kw["color"], ls=kw["ls"], lw=max(3.0 - 1.0 * i, 1.0),
-                  label=f"{method} (seed {chosen[method].get('seed')}, {h['num']:,} nonzero)")
+                  label=f"{label} (seed {chosen[label].get('seed')}, {h['num']:,} nonzero)")
         centers = (edges[:-1] + edges[1:]) / 2 if not log_scale else np.sqrt(edges[:-1] * edges[1:])
         if kw.get("marker"):  # markers at bin centres, staggered per method, tell overlapping steps apart
             every = max(len(centers) // 16, 2)
@@ -178,38 +225,44 @@ def _draw_histograms(ax, hists: dict, chosen: dict, log_scale: bool) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("remaining nonzero weight (linear bins)")
     ax.set_ylabel("fraction of nonzero weights per bin")
-    ax.legend(fontsize=8)
+    _legend(ax, len(hists))
 
 
-def figure2b(runs: Sequence[Run], path: str | Path, methods: Sequence[str] = ("mgpp", "l2", "gmp", "pa"),
-             title: str = "") -> Path | None:
+def figure2b(groups: dict[str, Sequence[Run]], path: str | Path,
+             methods: Sequence[str] = ("mgpp", "l2", "gmp", "pa"), title: str = "") -> Path | None:
     """The kept/pruned boundary over training (the smallest surviving |theta| right after each logged
     prune; the largest pruned score for older logs), and, on a second panel, the regrowth: the mean
-    |theta| the weights zeroed by the previous prune had reached before the next one."""
-    chosen = _one_run_per_method(runs, methods)
+    |theta| the weights zeroed by the previous prune had reached before the next one. One line per
+    group (``{label: runs}``; its lowest seed)."""
+    chosen = _one_run_per_label(groups, methods)
+    styles = label_styles(groups)
     plt = _pyplot()
-    fig, (ax, ax_regrowth) = plt.subplots(2, 1, figsize=(6.5, 6), sharex=True, height_ratios=[2, 1])
+    wide = len(chosen) > 5  # room for the legend beside the axes
+    fig, (ax, ax_regrowth) = plt.subplots(2, 1, figsize=(9.5 if wide else 6.5, 6), sharex=True, height_ratios=[2, 1])
     drawn = False
-    for method, run in chosen.items():
+    for label, run in chosen.items():
         kept = _positive(*run.scalars("pruning/kept_min_magnitude"))
         series, what = (kept, "smallest kept |θ|") if kept else (_positive(*run.scalars("pruning/threshold")),
                                                                  "largest pruned |θ|")
         if series:
-            ax.plot(*zip(*series), label=f"{method}: {what}", lw=1.4, ms=4, **style(method, len(series)))
+            ax.plot(*zip(*series), label=f"{label}: {what}", lw=1.4, ms=4, **_with_points(styles[label], len(series)))
             drawn = True
         regrowth = _positive(*run.scalars("pruning/regrowth_mean"))
         if regrowth:
-            ax_regrowth.plot(*zip(*regrowth), label=method, lw=1, ms=3, **style(method, len(regrowth)))
+            ax_regrowth.plot(*zip(*regrowth), label=label, lw=1, ms=3, **_with_points(styles[label], len(regrowth)))
     if not drawn:
         plt.close(fig)
         return None
     ax.set_yscale("log")
     ax.set_ylabel("kept/pruned boundary |θ|")
     ax.set_title(f"Fig. 2b: the magnitude threshold over training {title}".strip())
-    ax.legend(fontsize=8)
+    _legend(ax, len(ax.lines))
     if ax_regrowth.lines:
         ax_regrowth.set_yscale("log")
-        ax_regrowth.legend(fontsize=7, ncol=len(ax_regrowth.lines))
+        if wide:
+            _legend(ax_regrowth, len(ax_regrowth.lines), fontsize=7)
+        else:
+            ax_regrowth.legend(fontsize=7, ncol=len(ax_regrowth.lines))
     else:
         ax_regrowth.text(0.5, 0.5, "no regrowth logged", ha="center", va="center", transform=ax_regrowth.transAxes)
     ax_regrowth.set_ylabel("regrowth: mean |θ|\nof last prune's zeros")
@@ -230,23 +283,22 @@ def figure_dev_curves(groups: dict[str, Sequence[Run]], path: str | Path, metric
     if not curves_by_label:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    rank = {m: i for i, m in enumerate(METHOD_STYLE)}
-    for label in sorted(curves_by_label, key=lambda lab: (rank.get(lab.split(" ")[0], len(rank)), lab)):
+    styles = label_styles(curves_by_label)
+    fig, ax = plt.subplots(figsize=(9.5 if len(curves_by_label) > 5 else 6.5, 4))
+    for label in _ordered(curves_by_label):
         curves = curves_by_label[label]
         common = sorted(set.intersection(*(set(s) for s, _ in curves)))
         if not common:
             continue
         table = np.array([[dict(zip(s, v))[step] for step in common] for s, v in curves]) * scale
-        method = label.split(" ")[0]
         ax.plot(common, table.mean(0), label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})", lw=1.4, ms=4,
-                **style(method, len(common)))
+                **_with_points(styles[label], len(common)))
         if len(curves) > 1:
-            ax.fill_between(common, table.min(0), table.max(0), color=style(method)["color"], alpha=0.12, lw=0)
+            ax.fill_between(common, table.min(0), table.max(0), color=styles[label]["color"], alpha=0.12, lw=0)
     ax.set_xlabel("step")
     ax.set_ylabel(f"{metric.removeprefix('eval_')} (dev{', %' if scale == 100 else ''})")
     ax.set_title(f"Dev score over training {title}".strip())
-    ax.legend(fontsize=8)
+    _legend(ax, len(ax.lines))
     return _save(fig, path)
 
 

@@ -84,15 +84,34 @@ def group_runs(runs: Sequence[Run], by: Sequence[str] = ()) -> dict[tuple, list[
     first: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         first[(run.get("experiment_name", "default"), *(run.get(k) for k in GROUP_KEYS), target_sparsity(run),
-               tuple((k, _hashable(run.get(k))) for k in by))].append(run)
+               tuple((by_label(k), _hashable(by_value(run, k))) for k in by))].append(run)
     groups: dict[tuple, list[Run]] = defaultdict(list)
+    named = {alternative for key in by for alternative in key.split("|")}
     for (*cell, by_values), members in first.items():
-        split = [k for k in _split_keys(members) if k not in dict(by_values)]
+        split = [k for k in _split_keys(members) if k not in named]
         for run in members:
             flat = flatten(run.config)
             extra = tuple((k, _hashable(portable(flat.get(k)))) for k in split)
             groups[(*cell, by_values + extra)].append(run)
     return {key: _one_per_seed(key, members) for key, members in groups.items()}
+
+
+_ABSENT = object()
+
+
+def by_value(run: Run, key: str) -> Any:
+    """A ``--by`` key's value for ``run``. ``a|b`` names alternatives, the first a run's config has
+    wins: ``sigma1_sq|prior.sigma1_sq`` reads runs from before and after a key moved."""
+    for alternative in key.split("|"):
+        value = run.get(alternative, _ABSENT)
+        if value is not _ABSENT:
+            return value
+    return None
+
+
+def by_label(key: str) -> str:
+    """How a ``--by`` key is shown: its first alternative."""
+    return key.split("|")[0]
 
 
 def _hashable(value):

@@ -2,9 +2,9 @@
 # The ablation study (experiments/study_ablation.yaml) as run on the project's 2-core machine: a queue
 # of single runs, two at a time with one thread each (measured: 10% more throughput than one run on
 # both cores), in priority order: the required blocks (MRPC 90% and 80%, SST-2 90%, with their dense
-# references) for the first seed, then the follow-up sweep (seed 1 only; sweeps/study_ablation_followup.yaml),
-# then the required blocks' other seeds, then the optional blocks (STS-B, RTE, SST-2 80%) seed by
-# seed. Resumable: rerun it after an interruption; finished runs (metrics.json) are skipped in a
+# references) for the first seed, then the follow-up sweep (seed 1; sweeps/study_ablation_followup.yaml),
+# then seed by seed the required blocks with the follow-up's weak-slab point (L2 and MGPP at
+# sigma1_sq 1.0), then the optional blocks (STS-B, RTE, SST-2 80%) seed by seed. Resumable: rerun it after an interruption; finished runs (metrics.json) are skipped in a
 # second, interrupted ones continue from their last checkpoint. Then the report.
 #   experiments/results/study_ablation/run.sh                 # everything below
 #   BLOCKS="mrpc90 mrpc_dense" SEEDS="1" experiments/results/study_ablation/run.sh   # a part of it
@@ -33,18 +33,23 @@ declare -A BLOCK=(
               task=mrpc sparsity=0.9 sweep=study_ablation_followup sigma0_sq=1e-6 method=mgpp
               task=mrpc sparsity=0.9 sweep=study_ablation_followup sigma1_sq=1.0 method=l2 mgpp
               task=mrpc sparsity=0.9 sweep=study_ablation_followup sigma0_sq=1e-6 sigma1_sq=1.0 method=mgpp"
+  # its clearest point, the weak slab, for the seeds after the first (beside GMP's in mrpc90)
+  [followup_slab]="task=mrpc sparsity=0.9 sweep=study_ablation_followup sigma1_sq=1.0 method=l2 mgpp"
 )
 REQUIRED="mrpc_dense sst2_dense mrpc90 sst2_90 mrpc80"
 OPTIONAL="stsb_dense stsb90 rte_dense rte90 sst2_80"
 SEEDS=${SEEDS:-"1 2 3"}
-FOLLOWUP_SEEDS=${FOLLOWUP_SEEDS:-1}  # the follow-up is one seed per point, whatever SEEDS says
+FOLLOWUP_SEEDS=${FOLLOWUP_SEEDS:-1}  # the whole follow-up is one seed per point, whatever SEEDS says
 # Groups of blocks, each "blocks:seeds", in the order they run: the required blocks' first seed, the
-# follow-up (one seed), the required blocks' other seeds, the optional blocks.
+# follow-up (one seed), then seed by seed the required blocks and the follow-up's weak-slab point,
+# then the optional blocks.
 if [ -n "${BLOCKS:-}" ]; then
   ORDER=("$BLOCKS:$SEEDS")
 else
-  FIRST=${SEEDS%% *}; REST=${SEEDS#"$FIRST"}
-  ORDER=("$REQUIRED:$FIRST" "followup:$FOLLOWUP_SEEDS" "$REQUIRED:$REST" "$OPTIONAL:$SEEDS")
+  FIRST=${SEEDS%% *}
+  ORDER=("$REQUIRED:$FIRST" "followup:$FOLLOWUP_SEEDS")
+  for seed in ${SEEDS#"$FIRST"}; do ORDER+=("$REQUIRED followup_slab:$seed"); done
+  ORDER+=("$OPTIONAL:$SEEDS")
 fi
 for group in "${ORDER[@]}"; do  # a misspelt block fails here, before any run starts
   for block in ${group%%:*}; do
@@ -76,7 +81,7 @@ queue | xargs -P "$JOBS" -L 1 bash -c '
 "$PY" -m mgpp.report study_ablation experiments/results/study_ablation/runs --out experiments/results/study_ablation \
     --fig2a-methods mgpp,l2
 if [ -d experiments/results/study_ablation/followup ]; then  # beside the study's MRPC runs; by the prior's
-  # resolved variances (the first runs' configs predate the top-level sigma keys)
+  # variances: top-level keys, or the prior block's in runs that predate them
   "$PY" -m mgpp.report experiments/results/study_ablation/followup experiments/results/study_ablation/runs/mrpc \
-      --by prior.sigma0_sq prior.sigma1_sq --out experiments/results/study_ablation/followup
+      --by 'sigma0_sq|prior.sigma0_sq' 'sigma1_sq|prior.sigma1_sq' --out experiments/results/study_ablation/followup
 fi
