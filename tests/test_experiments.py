@@ -230,6 +230,25 @@ def test_optuna_sweep_resumes_from_its_sqlite_study(tmp_path):
     assert len(list(sweep.glob("*/metrics.json"))) == 3
 
 
+def test_study_queue_runs_every_point_once_in_priority_order():
+    """The whole queue: each seed's required blocks, the follow-up after the first seed, its weak-slab
+    point beside every other seed, nothing twice; also when resuming from a later seed."""
+    import subprocess
+
+    script = str(ROOT / "experiments/results/study_ablation/run.sh")
+    for seeds in ("1 2 3", " 2  3", "1"):
+        env = dict(os.environ, DRY_RUN="1", SEEDS=seeds)
+        env.pop("BLOCKS", None)
+        lines = subprocess.run(["bash", script], env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+        assert len(lines) == len(set(lines))
+        slab = [line for line in lines if "sigma1_sq=1.0 method=" in line and "sigma0_sq" not in line]
+        later = [s for s in seeds.split() if s != "1"]  # the follow-up itself ran seed 1
+        assert sorted(line.rsplit("seed=", 1)[1] for line in slab) == sorted(["1", "1", *later, *later])  # L2, MGPP
+        first = seeds.split()[0]
+        follow_up = lines.index("task=mrpc sparsity=0.9 sweep=study_ablation_followup sigma0_sq=1e-8 method=mgpp seed=1")
+        assert lines[follow_up - 1].endswith(f"seed={first}") and "followup" not in lines[0]
+
+
 def test_study_followup_points_compose_into_their_own_folders():
     """run.sh's follow-up block: each point composes on top of the study, with its prior knobs set,
     in a folder of its own outside the study's grid (so the grid's finished runs still match); its
@@ -241,8 +260,8 @@ def test_study_followup_points_compose_into_their_own_folders():
         return subprocess.run(["bash", str(ROOT / "experiments/results/study_ablation/run.sh")], env=env,
                               capture_output=True, text=True, check=True).stdout.splitlines()
 
-    lines = queue("followup")
-    assert len(lines) == 5 and set(queue("followup_slab")) <= set(lines) and len(queue("followup_slab")) == 2
+    lines, slab = queue("followup"), queue("followup_slab")
+    assert len(lines) == 5 and len(slab) == 2 and set(slab) <= set(lines)
     folders = set()
     for line in lines:
         overrides = line.split()

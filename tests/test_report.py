@@ -141,6 +141,44 @@ def test_by_key_alternatives_join_runs_from_before_and_after_a_key_moved(tmp_pat
     rows = summarize(find_runs([tmp_path]), by=["sigma1_sq|prior.sigma1_sq"])
     assert sorted((r.by, len(r.seeds), round(r.means[0], 6)) for r in rows) == [
         ((("sigma1_sq", 0.05),), 2, 70.0), ((("sigma1_sq", 1.0),), 1, 70.0)]
+    # a key set to null falls through to the next alternative, as an absent one does
+    path = next((tmp_path / "new").rglob("config.yaml"))
+    config = yaml.safe_load(path.read_text())
+    config["sigma1_sq"], config["prior"]["sigma1_sq"] = None, 0.05
+    path.write_text(yaml.safe_dump(config))
+    rows = summarize(find_runs([tmp_path]), by=["sigma1_sq|prior.sigma1_sq"])
+    assert sorted((r.by, len(r.seeds)) for r in rows) == [((("sigma1_sq", 0.05),), 2), ((("sigma1_sq", 1.0),), 1)]
+
+
+def test_a_baseline_run_at_one_setting_is_compared_with_every_setting_of_the_reference(tmp_path):
+    """A prior sweep of MGPP beside GMP (which the prior does not touch): each MGPP setting gets its
+    MGPP - GMP; a baseline run at two settings, or at another model, is never paired across them."""
+    from mgpp.report.tables import differences
+
+    for folder, method, seed, acc, lam in (("a", "mgpp", 1, 0.80, 1e-7), ("b", "mgpp", 1, 0.70, 1e-5),
+                                           ("c", "gmp", 1, 0.75, 1e-7), ("d", "l2", 1, 0.60, 1e-7),
+                                           ("e", "l2", 1, 0.65, 1e-3)):
+        fake_run(tmp_path / folder, method, seed, acc, acc)
+        path = next((tmp_path / folder).rglob("config.yaml"))
+        config = yaml.safe_load(path.read_text())
+        config["prior"]["lam"] = lam
+        path.write_text(yaml.safe_dump(config))
+    diffs = {(d.other, dict(d.split)["prior.lam"]): round(d.mean, 6)
+             for d in differences(find_runs([tmp_path]), others=("gmp", "l2"), by=("prior.lam",)) if d.label == "accuracy"}
+    assert diffs == {("gmp", 1e-7): 5.0, ("gmp", 1e-5): -5.0, ("l2", 1e-7): 20.0}
+    # another model is not a setting of the sweep: no MGPP(tiny_deberta) - GMP(tiny_bert)
+    path = next((tmp_path / "b").rglob("config.yaml"))
+    config = yaml.safe_load(path.read_text())
+    config["model"] = {"name": "tiny_deberta"}
+    path.write_text(yaml.safe_dump(config))
+    for folder in "acde":
+        path = next((tmp_path / folder).rglob("config.yaml"))
+        config = yaml.safe_load(path.read_text())
+        config["model"] = {"name": "tiny_bert"}
+        path.write_text(yaml.safe_dump(config))
+    runs = find_runs([tmp_path])
+    assert {(d.other, dict(d.split)["prior.lam"]) for d in differences(runs, others=("gmp",), by=("prior.lam",))
+            if d.label == "accuracy"} == {("gmp", 1e-7)}
 
 
 def test_cli_writes_markdown_csv_and_pngs(tmp_path, capsys):

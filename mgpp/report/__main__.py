@@ -19,8 +19,8 @@ from pathlib import Path
 
 from . import figures
 from .runs import find_runs, wandb_runs
-from .tables import (cells_from_runs, differences, differences_markdown, group_runs, load_experiment_paper,
-                     percent_scale, summarize, to_csv, to_markdown)
+from .tables import (cells_from_runs, differences, differences_markdown, group_label, group_runs,
+                     load_experiment_paper, method_rank, percent_scale, summarize, to_csv, to_markdown)
 
 def _experiment_dirs() -> list[Path]:
     """Where experiment files live: experiments/ of a checkout, the experiment group a wheel ships."""
@@ -33,10 +33,15 @@ log = logging.getLogger("mgpp.report")
 
 def _labelled_groups(runs, by) -> dict[str, list]:
     """``{label: runs}`` as the tables group them: the method, then any setting that splits it
-    (``mgpp (sigma1_sq=1.0)``), so that two settings of a method are two lines in a figure."""
-    labelled = {}
-    for (_, _, method, _, split), members in group_runs(runs, by).items():
-        labelled[method + (" (" + ", ".join(f"{k}={v}" for k, v in split) + ")" if split else "")] = members
+    (``mgpp (sigma1_sq=1.0)``), so that two settings of a method are two lines in a figure. In the
+    tables' method order, each method's settings by value (numbers as numbers: 1e-10 before 1e-8)."""
+    def order(item):
+        (_, _, method, _, split), _members = item
+        return method_rank(method), [(0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for _, v in split]
+
+    labelled: dict[str, list] = {}
+    for (_, _, method, _, split), members in sorted(group_runs(runs, by).items(), key=order):
+        labelled.setdefault(group_label(method, split), []).extend(members)
     return labelled
 
 
@@ -108,6 +113,7 @@ def main(argv=None) -> int:
         prior = dict(lam=args.lam, sigma0_sq=args.sigma0_sq, sigma1_sq=args.sigma1_sq)
         made = [figures.figure1(out / "figures" / "fig1_penalties.png", **prior),
                 figures.figure_a1(out / "figures" / "figA1_prior_knobs.png", **prior)]
+        styles = figures.label_styles(_labelled_groups(finished, args.by))  # one colour per setting, everywhere
         by_setting = defaultdict(list)
         for run in finished:
             by_setting[(run.get("experiment_name"), run.get("task.name"), run.get("sparsity"))].append(run)
@@ -116,15 +122,16 @@ def main(argv=None) -> int:
             title = f"({task}, {float(sparsity):.0%})"
             labelled = _labelled_groups(group, args.by)  # a line per table row: method and setting
             made.append(figures.figure2a(labelled, out / "figures" / f"fig2a_{stem}.png",
-                                         methods=args.fig2a_methods.split(","), title=title))
-            made.append(figures.figure2b(labelled, out / "figures" / f"fig2b_{stem}.png", title=title))
+                                         methods=args.fig2a_methods.split(","), title=title, styles=styles))
+            made.append(figures.figure2b(labelled, out / "figures" / f"fig2b_{stem}.png", title=title,
+                                         styles=styles))
             task_cfg = group[0].config.get("task") or {}
             if task_cfg.get("main_metric"):  # the dense reference (sparsity 0) belongs in every sparsity's curve
                 dense = [r for r in finished if r.get("method.name") == "dense" and r.get("task.name") == task
                          and r.get("experiment_name") == experiment and r not in group]
                 made.append(figures.figure_dev_curves(
                     _labelled_groups(group + dense, args.by), out / "figures" / f"dev_{stem}.png",
-                    f"eval_{task_cfg['main_metric']}", scale=percent_scale(task_cfg), title=title))
+                    f"eval_{task_cfg['main_metric']}", scale=percent_scale(task_cfg), title=title, styles=styles))
         figure_lines = [f"![{p.stem}](figures/{p.name})" for p in made if p is not None]
 
     report = ["# Results", "", f"{len(finished)} finished runs from: "

@@ -97,24 +97,18 @@ def figure_a1(path: str | Path, lam: float = 1e-7, sigma0_sq: float = 1e-10, sig
 
 def _method(label: str) -> str:
     """The method a group label names first (``mgpp (sigma1_sq=1.0)`` -> ``mgpp``)."""
-    return label.split(" ")[0]
+    return label.partition(" (")[0]
 
 
 def _one_run_per_label(groups: dict[str, Sequence[Run]], methods: Sequence[str]) -> dict[str, Run]:
-    """The lowest-seed run with a log of each group whose method is in ``methods``, in style order."""
+    """The lowest-seed run with a log of each group whose method is in ``methods``, in the groups' order."""
     chosen: dict[str, Run] = {}
-    for label in _ordered(groups):
+    for label, runs in groups.items():
         if _method(label) in methods:
-            logged = [r for r in sorted(groups[label], key=lambda r: r.get("seed", 0)) if r.records]
+            logged = [r for r in sorted(runs, key=lambda r: r.get("seed", 0)) if r.records]
             if logged:
                 chosen[label] = logged[0]
     return chosen
-
-
-def _ordered(labels) -> list[str]:
-    """Labels by method (the order of :data:`METHOD_STYLE`), then by name."""
-    rank = {m: i for i, m in enumerate(METHOD_STYLE)}
-    return sorted(labels, key=lambda lab: (rank.get(_method(lab), len(rank)), lab))
 
 
 LINEAR, LOG_MAGNITUDE = "weights/nonzero_targets", "weights/nonzero_log10_magnitude"
@@ -130,8 +124,12 @@ METHOD_STYLE = {
 }
 
 
-#: colours for a method's second, third ... variant (another prior setting, say) in one figure
-VARIANT_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+#: colours for a method's second, third ... setting (another prior, say); past the last, the
+#: colours repeat with a dotted line
+VARIANT_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+#: more lines than this and the legend goes beside the axes, in a wider figure
+LEGEND_BESIDE = 5
 
 
 def style(method: str, points: int = 0) -> dict:
@@ -140,16 +138,21 @@ def style(method: str, points: int = 0) -> dict:
 
 
 def label_styles(labels) -> dict[str, dict]:
-    """A style per group label: a method's first label gets the method's colour, its other variants
-    the colours of :data:`VARIANT_COLORS` with the method's line style and marker, so that several
-    settings of one method stay apart and still read as that method."""
-    styles, seen, spare = {}, set(), 0
-    for label in _ordered(labels):
-        styles[label] = style(_method(label))
-        if _method(label) in seen:
-            styles[label]["color"] = VARIANT_COLORS[spare % len(VARIANT_COLORS)]
-            spare += 1
-        seen.add(_method(label))
+    """A style per group label, in the order given: a method's first label gets the method's colour,
+    its other settings the colours of :data:`VARIANT_COLORS` with the method's marker (and its line
+    style, dotted once the colours repeat), so that several settings of one method stay apart and
+    still read as that method. Made once per report, so a setting keeps its colour in every figure."""
+    styles: dict[str, dict] = {}
+    seen, extra = set(), 0
+    for label in labels:
+        method = _method(label)
+        styles[label] = style(method)
+        if method in seen:  # the colours go round all methods' extra settings, so none shares one
+            styles[label]["color"] = VARIANT_COLORS[extra % len(VARIANT_COLORS)]
+            if extra >= len(VARIANT_COLORS):
+                styles[label]["ls"] = ":"
+            extra += 1
+        seen.add(method)
     return styles
 
 
@@ -161,24 +164,25 @@ def _with_points(kw: dict, points: int) -> dict:
     return kw
 
 
-def _legend(ax, entries: int, fontsize: int = 8) -> None:
+def _legend(ax, beside: bool, fontsize: int = 8, ncol: int = 1) -> None:
     """In the axes while it stays small; beside them once it would cover the lines."""
-    if entries > 5:
+    if beside:
         ax.legend(fontsize=fontsize - 1, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:
-        ax.legend(fontsize=fontsize)
+        ax.legend(fontsize=fontsize, ncol=ncol)
 
 
 def figure2a(groups: dict[str, Sequence[Run]], path: str | Path, methods: Sequence[str] = ("mgpp", "l2"),
-             title: str = "") -> Path | None:
+             title: str = "", styles: dict[str, dict] | None = None) -> Path | None:
     """Distribution of the remaining nonzero target weights at the end of training, one line per
-    group (``{label: runs}``, the label starting with the method; its lowest seed).
+    group (``{label: runs}``, the label starting with the method; its lowest seed), styled by
+    ``styles`` (default: :func:`label_styles` of the groups).
 
     Log-magnitude bins (they show how far the survivors sit from zero) for every run that logged
     them; a run whose log has only linear bins (older logs) gets a linear panel of its own.
     """
     chosen = _one_run_per_label(groups, methods)
-    styles = label_styles(groups)
+    styles = {**label_styles(groups), **(styles or {})}  # a label the given styles lack still gets one
     panels = []
     for name, log_scale in ((LOG_MAGNITUDE, True), (LINEAR, False)):
         hists = {}
@@ -193,10 +197,11 @@ def figure2a(groups: dict[str, Sequence[Run]], path: str | Path, methods: Sequen
     if not panels:
         return None
     plt = _pyplot()
-    wide = len(chosen) > 5  # room for the legend beside the axes
+    wide = len(chosen) > LEGEND_BESIDE
     fig, axes = plt.subplots(1, len(panels), figsize=((9.5 if wide else 6.5) * len(panels), 4), squeeze=False)
     for ax, (hists, log_scale) in zip(axes[0], panels):
         _draw_histograms(ax, hists, chosen, styles, log_scale)
+        _legend(ax, wide)
     fig.suptitle(f"Fig. 2a: remaining weights {title}".strip())
     return _save(fig, path)
 
@@ -225,19 +230,19 @@ def _draw_histograms(ax, hists: dict, chosen: dict, styles: dict, log_scale: boo
         ax.set_yscale("log")
         ax.set_xlabel("remaining nonzero weight (linear bins)")
     ax.set_ylabel("fraction of nonzero weights per bin")
-    _legend(ax, len(hists))
 
 
 def figure2b(groups: dict[str, Sequence[Run]], path: str | Path,
-             methods: Sequence[str] = ("mgpp", "l2", "gmp", "pa"), title: str = "") -> Path | None:
+             methods: Sequence[str] = ("mgpp", "l2", "gmp", "pa"), title: str = "",
+             styles: dict[str, dict] | None = None) -> Path | None:
     """The kept/pruned boundary over training (the smallest surviving |theta| right after each logged
     prune; the largest pruned score for older logs), and, on a second panel, the regrowth: the mean
     |theta| the weights zeroed by the previous prune had reached before the next one. One line per
-    group (``{label: runs}``; its lowest seed)."""
+    group (``{label: runs}``; its lowest seed), styled as in :func:`figure2a`."""
     chosen = _one_run_per_label(groups, methods)
-    styles = label_styles(groups)
+    styles = {**label_styles(groups), **(styles or {})}  # a label the given styles lack still gets one
     plt = _pyplot()
-    wide = len(chosen) > 5  # room for the legend beside the axes
+    wide = len(chosen) > LEGEND_BESIDE
     fig, (ax, ax_regrowth) = plt.subplots(2, 1, figsize=(9.5 if wide else 6.5, 6), sharex=True, height_ratios=[2, 1])
     drawn = False
     for label, run in chosen.items():
@@ -256,13 +261,10 @@ def figure2b(groups: dict[str, Sequence[Run]], path: str | Path,
     ax.set_yscale("log")
     ax.set_ylabel("kept/pruned boundary |θ|")
     ax.set_title(f"Fig. 2b: the magnitude threshold over training {title}".strip())
-    _legend(ax, len(ax.lines))
+    _legend(ax, wide)
     if ax_regrowth.lines:
         ax_regrowth.set_yscale("log")
-        if wide:
-            _legend(ax_regrowth, len(ax_regrowth.lines), fontsize=7)
-        else:
-            ax_regrowth.legend(fontsize=7, ncol=len(ax_regrowth.lines))
+        _legend(ax_regrowth, wide, fontsize=7, ncol=len(ax_regrowth.lines))
     else:
         ax_regrowth.text(0.5, 0.5, "no regrowth logged", ha="center", va="center", transform=ax_regrowth.transAxes)
     ax_regrowth.set_ylabel("regrowth: mean |θ|\nof last prune's zeros")
@@ -271,9 +273,10 @@ def figure2b(groups: dict[str, Sequence[Run]], path: str | Path,
 
 
 def figure_dev_curves(groups: dict[str, Sequence[Run]], path: str | Path, metric: str, scale: float = 100.0,
-                      title: str = "") -> Path | None:
+                      title: str = "", styles: dict[str, dict] | None = None) -> Path | None:
     """The dev metric over training steps, a line per group (``{label: runs}``; the label starts with
-    the method): the mean over its seeds, with their range shaded. ``scale`` (the task's) makes percent."""
+    the method; styled as in :func:`figure2a`): the mean over its seeds, with their range shaded.
+    ``scale`` (the task's) makes percent."""
     curves_by_label: dict[str, list[tuple[list[int], list[float]]]] = {}
     for label, runs in groups.items():
         for run in runs:
@@ -283,9 +286,10 @@ def figure_dev_curves(groups: dict[str, Sequence[Run]], path: str | Path, metric
     if not curves_by_label:
         return None
     plt = _pyplot()
-    styles = label_styles(curves_by_label)
-    fig, ax = plt.subplots(figsize=(9.5 if len(curves_by_label) > 5 else 6.5, 4))
-    for label in _ordered(curves_by_label):
+    styles = {**label_styles(groups), **(styles or {})}  # a label the given styles lack still gets one
+    wide = len(curves_by_label) > LEGEND_BESIDE
+    fig, ax = plt.subplots(figsize=(9.5 if wide else 6.5, 4))
+    for label in curves_by_label:
         curves = curves_by_label[label]
         common = sorted(set.intersection(*(set(s) for s, _ in curves)))
         if not common:
@@ -298,7 +302,7 @@ def figure_dev_curves(groups: dict[str, Sequence[Run]], path: str | Path, metric
     ax.set_xlabel("step")
     ax.set_ylabel(f"{metric.removeprefix('eval_')} (dev{', %' if scale == 100 else ''})")
     ax.set_title(f"Dev score over training {title}".strip())
-    _legend(ax, len(ax.lines))
+    _legend(ax, wide)
     return _save(fig, path)
 
 

@@ -1,6 +1,7 @@
 """Runs grouped into the paper's table layout: mean ± std over seeds, the paper's numbers beside.
 
-A group is (experiment, task, method, sparsity, any ``--by`` keys); its seeds are averaged.
+A group is (experiment, task, method, sparsity, any ``--by`` keys, where ``a|b`` reads ``b`` for a
+run whose config lacks ``a``); its seeds are averaged.
 Metric values are shown in percent like the paper (SQuAD's EM/F1 already are). The paper's
 cells come from the experiment files' ``paper`` blocks, including the baselines only the
 paper ran (MvP, ITP, LoSparse, Lead-3), which get paper-only rows.
@@ -18,7 +19,7 @@ from typing import Any, Sequence
 
 from .runs import Run
 
-__all__ = ["Row", "PaperCell", "Difference", "differences", "differences_markdown", "is_collapsed", "metric_columns", "summarize", "paper_cells", "load_experiment_paper",
+__all__ = ["Row", "PaperCell", "Difference", "by_label", "by_value", "differences", "group_label", "method_rank", "differences_markdown", "is_collapsed", "metric_columns", "summarize", "paper_cells", "load_experiment_paper",
            "cells_from_runs", "to_markdown", "to_csv"]
 
 GROUP_KEYS = ("task.name", "method.name")
@@ -76,8 +77,8 @@ def _split_keys(members: Sequence[Run]) -> list[str]:
 def group_runs(runs: Sequence[Run], by: Sequence[str] = ()) -> dict[tuple, list[Run]]:
     """``{(experiment, task, method, target sparsity, by): runs}``: the seeds of one cell.
 
-    ``by`` holds the ``--by`` keys and, on top, every config key whose value differs within a
-    cell (another model, learning rate, prior ...): such runs are never averaged as seeds.
+    ``by`` holds the ``--by`` keys (see :func:`by_value`) and, on top, every config key whose value
+    differs within a cell (another model, learning rate, prior ...): such runs are never averaged as seeds.
     """
     from ..run_folder import flatten, portable
 
@@ -96,15 +97,12 @@ def group_runs(runs: Sequence[Run], by: Sequence[str] = ()) -> dict[tuple, list[
     return {key: _one_per_seed(key, members) for key, members in groups.items()}
 
 
-_ABSENT = object()
-
-
 def by_value(run: Run, key: str) -> Any:
-    """A ``--by`` key's value for ``run``. ``a|b`` names alternatives, the first a run's config has
-    wins: ``sigma1_sq|prior.sigma1_sq`` reads runs from before and after a key moved."""
+    """A ``--by`` key's value for ``run``. ``a|b`` names alternatives, the first one a run's config
+    sets (not null) wins: ``sigma1_sq|prior.sigma1_sq`` reads runs from before and after a key moved."""
     for alternative in key.split("|"):
-        value = run.get(alternative, _ABSENT)
-        if value is not _ABSENT:
+        value = run.get(alternative)
+        if value is not None:
             return value
     return None
 
@@ -366,6 +364,7 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
     """Per experiment, task, sparsity (and split keys: ``by`` and configs that differ within a cell):
     ``reference - other`` for each metric, over the seeds both have."""
     cells: dict[tuple, dict[int, list[float]]] = {}
+    models: dict[tuple, set] = {}  # a baseline's only setting stands in for others of the same model only
     labels: dict[tuple, list[str]] = {}
     for (experiment, task, method, sparsity, by_values), members in group_runs(runs, by).items():
         done = [r for r in members if r.finished]
@@ -377,11 +376,13 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
         labels[key] = [label for _, label in columns]
         cells[key + (method,)] = {int(r.get("seed", 0)): [scale * float(r.metrics.get(k, math.nan)) for k, _ in columns]
                                   for r in done}
+        models[key + (method,)] = {r.get("model.name") for r in done}
     out = []
     for key, label_list in sorted(labels.items(), key=str):
         mine = cells.get(key + (reference,), {})
         for other in others:
-            theirs = cells.get(key + (other,), {})
+            theirs = cells.get(key + (other,)) or _only_setting(cells, models, key + (reference,), other,
+                                                                {by_label(k) for k in by})
             seeds = sorted(set(mine) & set(theirs))
             if not seeds:
                 continue
@@ -390,6 +391,17 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
                 out.append(Difference(experiment, task, float(sparsity), reference, other, label,
                                       [mine[s][i] - theirs[s][i] for s in seeds], seeds, split=split))
     return out
+
+
+def _only_setting(cells: dict, models: dict, reference: tuple, method: str, swept: set[str]) -> dict[int, list[float]]:
+    """``method``'s cell at the ``reference`` cell's experiment, task and sparsity when it ran there at
+    one setting of the ``--by`` keys only (a baseline the sweep does not touch, like GMP in a prior
+    sweep), with the same model and alike in every other split; else none."""
+    fixed = lambda split: {(k, v) for k, v in split if k not in swept}  # noqa: E731
+    matches = [k for k in cells if k[:3] == reference[:3] and k[-1] == method]
+    if len(matches) != 1 or fixed(matches[0][3]) != fixed(reference[3]) or models[matches[0]] != models.get(reference):
+        return {}
+    return cells[matches[0]]
 
 
 def gap_changes(diffs: Sequence[Difference]) -> list[Difference]:
@@ -414,7 +426,8 @@ def gap_changes(diffs: Sequence[Difference]) -> list[Difference]:
 
 DIFFERENCES_NOTE = ("Mean difference in percent points over the seeds both methods have (paired by seed), with a "
                     "95% Student-t interval [low, high] (none for a single seed). An interval that excludes 0 is a "
-                    "difference the seeds resolve.")
+                    "difference the seeds resolve. A method run at one setting only is compared with every setting "
+                    "of the reference.")
 CHANGES_NOTE = ("Per seed, the difference at the higher sparsity minus the difference at the lower one, then mean "
                 "and 95% Student-t interval as above: positive means the reference's lead grows with sparsity "
                 "(the paper: MGPP - L2 on MNLI +1.2 at 80%, +3.6 at 90%).")
@@ -448,12 +461,18 @@ def _difference_rows(diffs: Sequence[Difference]) -> list[str]:
     return rows
 
 
+def group_label(method: str, split: Sequence[tuple[str, Any]]) -> str:
+    """How a group is named in tables and figures: the method, then the settings that split it."""
+    extra = ", ".join(f"{k}={v}" for k, v in split)
+    return f"{method} ({extra})" if extra else method
+
+
 def _method_label(row: Row) -> str:
-    extra = ", ".join(f"{k}={v}" for k, v in row.by)
-    return f"{row.method} ({extra})" if extra else row.method
+    return group_label(row.method, row.by)
 
 
-def _method_rank(method: str) -> tuple[int, str]:
+def method_rank(method: str) -> tuple[int, str]:
+    """Where ``method`` sorts in tables and figures: the paper's order, then unknown methods by name."""
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     return order.get(method, len(order)), method
 
@@ -480,7 +499,7 @@ def to_markdown(rows: Sequence[Row], paper: Sequence[PaperCell] = ()) -> str:
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
         keys = {(r.sparsity, r.method) for r in mine} | {(c.sparsity, c.method) for c in cells}
-        for sparsity, method in sorted(keys, key=lambda k: (k[0], _method_rank(k[1]))):
+        for sparsity, method in sorted(keys, key=lambda k: (k[0], method_rank(k[1]))):
             ours = [r for r in mine if r.sparsity == sparsity and r.method == method]
             for label in dict.fromkeys(_method_label(r) for r in ours):
                 by_task = {r.task: r for r in ours if _method_label(r) == label}

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The ablation study (experiments/study_ablation.yaml) as run on the project's 2-core machine: a queue
-# of single runs, two at a time with one thread each (measured: 10% more throughput than one run on
-# both cores), in priority order: the required blocks (MRPC 90% and 80%, SST-2 90%, with their dense
-# references) for the first seed, then the follow-up sweep (seed 1; sweeps/study_ablation_followup.yaml),
-# then seed by seed the required blocks with the follow-up's weak-slab point (L2 and MGPP at
-# sigma1_sq 1.0), then the optional blocks (STS-B, RTE, SST-2 80%) seed by seed. Resumable: rerun it after an interruption; finished runs (metrics.json) are skipped in a
-# second, interrupted ones continue from their last checkpoint. Then the report.
+# The ablation study (experiments/study_ablation.yaml) as run on the project's 2-core machine: a
+# queue of single runs, two at a time with one thread each (measured: 10% more throughput than one
+# run on both cores), in priority order: the required blocks (MRPC 90% and 80%, SST-2 90%, with
+# their dense references) for the first seed, then the follow-up sweep (seed 1;
+# sweeps/study_ablation_followup.yaml), then seed by seed the required blocks with the follow-up's
+# weak-slab point (L2 and MGPP at sigma1_sq 1.0), then the optional blocks (STS-B, RTE, SST-2 80%)
+# seed by seed. Resumable: rerun it after an interruption; finished runs (metrics.json) are skipped
+# in a second, interrupted ones continue from their last checkpoint. Then the report.
 #   experiments/results/study_ablation/run.sh                 # everything below
 #   BLOCKS="mrpc90 mrpc_dense" SEEDS="1" experiments/results/study_ablation/run.sh   # a part of it
 #   BLOCKS=followup SEEDS=1 experiments/results/study_ablation/run.sh                 # the follow-up alone
@@ -40,16 +41,22 @@ REQUIRED="mrpc_dense sst2_dense mrpc90 sst2_90 mrpc80"
 OPTIONAL="stsb_dense stsb90 rte_dense rte90 sst2_80"
 SEEDS=${SEEDS:-"1 2 3"}
 FOLLOWUP_SEEDS=${FOLLOWUP_SEEDS:-1}  # the whole follow-up is one seed per point, whatever SEEDS says
-# Groups of blocks, each "blocks:seeds", in the order they run: the required blocks' first seed, the
-# follow-up (one seed), then seed by seed the required blocks and the follow-up's weak-slab point,
-# then the optional blocks.
+read -ra SEED_LIST <<<"$SEEDS"
+read -ra FOLLOWUP_LIST <<<"$FOLLOWUP_SEEDS"
+# Groups of blocks, each "blocks:seeds", in the order they run: seed by seed the required blocks,
+# with the follow-up after the first seed and its weak-slab point beside every seed the follow-up
+# did not run; then the optional blocks.
 if [ -n "${BLOCKS:-}" ]; then
-  ORDER=("$BLOCKS:$SEEDS")
+  ORDER=("$BLOCKS:${SEED_LIST[*]}")
 else
-  FIRST=${SEEDS%% *}
-  ORDER=("$REQUIRED:$FIRST" "followup:$FOLLOWUP_SEEDS")
-  for seed in ${SEEDS#"$FIRST"}; do ORDER+=("$REQUIRED followup_slab:$seed"); done
-  ORDER+=("$OPTIONAL:$SEEDS")
+  ORDER=()
+  for i in "${!SEED_LIST[@]}"; do
+    seed=${SEED_LIST[$i]} blocks=$REQUIRED
+    if [[ " ${FOLLOWUP_LIST[*]} " != *" $seed "* ]]; then blocks+=" followup_slab"; fi
+    ORDER+=("$blocks:$seed")
+    if [ "$i" = 0 ]; then ORDER+=("followup:${FOLLOWUP_LIST[*]}"); fi
+  done
+  ORDER+=("$OPTIONAL:${SEED_LIST[*]}")
 fi
 for group in "${ORDER[@]}"; do  # a misspelt block fails here, before any run starts
   for block in ${group%%:*}; do
