@@ -231,8 +231,9 @@ def test_optuna_sweep_resumes_from_its_sqlite_study(tmp_path):
 
 
 def test_study_queue_runs_every_point_once_in_priority_order():
-    """The whole queue: each seed's required blocks, the follow-up after the first seed, its weak-slab
-    point beside every other seed, nothing twice; also when resuming from a later seed."""
+    """The whole queue: the first seed's required blocks, then the follow-up; for the later seeds the
+    90% cells before anything else, the weak-slab point beside every seed the follow-up did not run,
+    nothing twice; also when resuming from a later seed."""
     import subprocess
 
     script = str(ROOT / "experiments/results/study_ablation/run.sh")
@@ -247,6 +248,12 @@ def test_study_queue_runs_every_point_once_in_priority_order():
         first = seeds.split()[0]
         follow_up = lines.index("task=mrpc sparsity=0.9 sweep=study_ablation_followup sigma0_sq=1e-8 method=mgpp seed=1")
         assert lines[follow_up - 1].endswith(f"seed={first}") and "followup" not in lines[0]
+        headline = [i for i, line in enumerate(lines) if line.startswith(("task=mrpc sparsity=0.9 method=",
+                                                                           "task=sst2 sparsity=0.9 method="))]
+        assert len(headline) == 8 * len(seeds.split())
+        later_rest = [i for i, line in enumerate(lines) if not line.endswith(f"seed={first}")
+                      and ("sparsity=0.8" in line or "sigma1_sq=1.0" in line and not line.endswith("seed=1"))]
+        assert max(headline) < min(later_rest, default=len(lines))
 
 
 def test_study_followup_points_compose_into_their_own_folders():

@@ -3,9 +3,10 @@
 # queue of single runs, two at a time with one thread each (measured: 10% more throughput than one
 # run on both cores), in priority order: the required blocks (MRPC 90% and 80%, SST-2 90%, with
 # their dense references) for the first seed, then the follow-up sweep (seed 1;
-# sweeps/study_ablation_followup.yaml), then seed by seed the required blocks with the follow-up's
-# weak-slab point (L2 and MGPP at sigma1_sq 1.0), then the optional blocks (STS-B, RTE, SST-2 80%)
-# seed by seed. Resumable: rerun it after an interruption; finished runs (metrics.json) are skipped
+# sweeps/study_ablation_followup.yaml), then for the later seeds the 90% cells, the follow-up's
+# weak-slab point (L2 and MGPP at sigma1_sq 1.0), and the rest of the required blocks, then the
+# optional blocks (STS-B, RTE, SST-2 80%) seed by seed. Resumable: rerun it after an interruption;
+# finished runs (metrics.json) are skipped
 # in a second, interrupted ones continue from their last checkpoint. Then the report.
 #   experiments/results/study_ablation/run.sh                 # everything below
 #   BLOCKS="mrpc90 mrpc_dense" SEEDS="1" experiments/results/study_ablation/run.sh   # a part of it
@@ -43,19 +44,28 @@ SEEDS=${SEEDS:-"1 2 3"}
 FOLLOWUP_SEEDS=${FOLLOWUP_SEEDS:-1}  # the whole follow-up is one seed per point, whatever SEEDS says
 read -ra SEED_LIST <<<"$SEEDS"
 read -ra FOLLOWUP_LIST <<<"$FOLLOWUP_SEEDS"
-# Groups of blocks, each "blocks:seeds", in the order they run: seed by seed the required blocks,
-# with the follow-up after the first seed and its weak-slab point beside every seed the follow-up
-# did not run; then the optional blocks.
+# Groups of blocks, each "blocks:seeds", in the order they run: the first seed's required blocks,
+# then the follow-up; for the later seeds the headline cells first (MRPC and SST-2 at 90%), then the
+# follow-up's weak-slab point (for the seeds the follow-up did not run), then the rest of the required
+# blocks; then the optional blocks. So a study cut short has its headline cells at every seed first.
+HEADLINE="mrpc90 sst2_90"
 if [ -n "${BLOCKS:-}" ]; then
   ORDER=("$BLOCKS:${SEED_LIST[*]}")
 else
-  ORDER=()
-  for i in "${!SEED_LIST[@]}"; do
-    seed=${SEED_LIST[$i]} blocks=$REQUIRED
-    if [[ " ${FOLLOWUP_LIST[*]} " != *" $seed "* ]]; then blocks+=" followup_slab"; fi
-    ORDER+=("$blocks:$seed")
-    if [ "$i" = 0 ]; then ORDER+=("followup:${FOLLOWUP_LIST[*]}"); fi
+  later=() slab_seeds=()
+  for seed in "${SEED_LIST[@]:1}"; do
+    later+=("$seed")
+    if [[ " ${FOLLOWUP_LIST[*]} " != *" $seed "* ]]; then slab_seeds+=("$seed"); fi
   done
+  ORDER=("$REQUIRED:${SEED_LIST[0]}" "followup:${FOLLOWUP_LIST[*]}")
+  if [[ " ${FOLLOWUP_LIST[*]} " != *" ${SEED_LIST[0]} "* ]]; then ORDER+=("followup_slab:${SEED_LIST[0]}"); fi
+  if [ ${#later[@]} -gt 0 ]; then
+    rest=$REQUIRED
+    for block in $HEADLINE; do rest=${rest/$block/}; done
+    ORDER+=("$HEADLINE:${later[*]}")
+    if [ ${#slab_seeds[@]} -gt 0 ]; then ORDER+=("followup_slab:${slab_seeds[*]}"); fi
+    ORDER+=("$(echo $rest):${later[*]}")
+  fi
   ORDER+=("$OPTIONAL:${SEED_LIST[*]}")
 fi
 for group in "${ORDER[@]}"; do  # a misspelt block fails here, before any run starts
