@@ -46,6 +46,7 @@ from transformers.utils import logging as hf_logging
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_io import write_results  # noqa: E402
 from mgpp import preset  # noqa: E402
 from mgpp.callback import PruningCallback  # noqa: E402
 from mgpp.pruning import GlobalPruner, TargetSelector, kth_smallest, num_to_prune  # noqa: E402
@@ -355,12 +356,8 @@ def main(argv=None):
                      "memory": memory[name], "persistent": persistent_state(name, device)}
             res["models"][name] = entry
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "gpu" if device == "cuda" else "cpu"
-    (out / f"bench_engine_{tag}.json").write_text(json.dumps(res, indent=2) + "\n")
     md = markdown(res)
-    (out / f"bench_engine_{tag}.md").write_text(md + "\n")
+    write_results(args.out, "bench_engine_" + ("gpu" if device == "cuda" else "cpu"), res, md, indent=2)
     print(md)
 
 

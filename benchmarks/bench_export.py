@@ -11,7 +11,6 @@ Results go to ``experiments/results/inference/export_sizes.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_inference import minilm  # noqa: E402
+from results_io import write_results  # noqa: E402
 from mgpp.export import export_sparse, load_sparse_state_dict  # noqa: E402
 from mgpp.pruning import GlobalPruner, TargetSelector  # noqa: E402
 
@@ -61,10 +61,7 @@ def main(argv=None) -> int:
                         f"{s.file_bytes / dense_file:.3f}x | {'bit-identical' if exact else 'values rounded'} |")
                 md.append(line)
                 print(line, flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "export_sizes.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (out / "export_sizes.md").write_text("\n".join(md) + "\n")
+    out = write_results(args.out, "export_sizes", rows, "\n".join(md))
     print(f"wrote {out}/export_sizes.{{json,md}}")
     return 0
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import sys
 import warnings
@@ -34,6 +33,7 @@ from transformers.utils import logging as hf_logging
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_io import write_results  # noqa: E402
 from mgpp.inference import SparseLinear, sparsify_for_inference, time_call  # noqa: E402
 from mgpp.pruning import GlobalPruner, TargetSelector  # noqa: E402
 
@@ -196,11 +196,8 @@ def main(argv=None) -> int:
                 md.append(line)
                 print(line, flush=True)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     tag = "cpu_quick" if args.quick else "cpu"
-    (out / f"bench_inference_{tag}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / f"bench_inference_{tag}.md").write_text("\n".join(md) + "\n")
+    out = write_results(args.out, f"bench_inference_{tag}", results, "\n".join(md))
     print(f"wrote {out}/bench_inference_{tag}.{{json,md}}")
     return 0
 

@@ -14,7 +14,6 @@ Results go to ``experiments/results/bench_sharded_cpu.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import torch.multiprocessing as mp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_io import write_results  # noqa: E402
 from mgpp.pruning import GlobalPruner, num_to_prune  # noqa: E402
 
 SPARSITY = 0.9
@@ -105,10 +105,7 @@ def main(argv=None) -> int:
         "| persistent pruning state (MGPP, GMP, L2) | 0 B per target weight |",
         "| with the regrowth measure (`report.regrowth=true`) or PA's fixed mask | 1 B per target weight |",
         f"| prune wall time per rank (s; 1 thread each, not an idle-machine timing) | {res['prune_seconds_per_rank']} |"])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_sharded_cpu.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / "bench_sharded_cpu.md").write_text(md + "\n")
+    write_results(args.out, "bench_sharded_cpu", res, md)
     print(md)
     return 0 if res["threshold_equal"] and zeros >= res["expected_zeros"] else 1
 
