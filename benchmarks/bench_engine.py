@@ -317,7 +317,7 @@ def main(argv=None):
                     " (default: minilm on CPU; minilm,bert_base,deberta_v3_base on a GPU)")
     ap.add_argument("--steps", type=int, default=30, help="Trainer steps per run")
     ap.add_argument("--warmup", type=int, default=3, help="steps dropped at the start of each run")
-    ap.add_argument("--repeats", type=int, default=2, help="dense/MGPP run pairs, alternated")
+    ap.add_argument("--repeats", type=int, default=3, help="dense/MGPP run pairs, alternated")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
