@@ -181,6 +181,25 @@ def test_a_baseline_run_at_one_setting_is_compared_with_every_setting_of_the_ref
             if d.label == "accuracy"} == {("gmp", 1e-7)}
 
 
+def test_a_baseline_is_paired_on_the_swept_keys_it_ran_at_several_values_only(tmp_path):
+    """MGPP swept over sigma0_sq and sigma1_sq, L2 over sigma1_sq only (it has no spike): every MGPP
+    setting is compared with the L2 run at its sigma1_sq, whatever its sigma0_sq."""
+    from mgpp.report.tables import differences
+
+    for folder, method, acc, s0, s1 in (("a", "mgpp", 0.80, 1e-10, 0.05), ("b", "mgpp", 0.70, 1e-6, 0.05),
+                                        ("c", "mgpp", 0.90, 1e-10, 1.0), ("d", "l2", 0.60, 1e-10, 0.05),
+                                        ("e", "l2", 0.75, 1e-10, 1.0)):
+        fake_run(tmp_path / folder, method, 1, acc, acc)
+        path = next((tmp_path / folder).rglob("config.yaml"))
+        config = yaml.safe_load(path.read_text())
+        config["prior"].update(sigma0_sq=s0, sigma1_sq=s1)
+        path.write_text(yaml.safe_dump(config))
+    by = ("prior.sigma0_sq", "prior.sigma1_sq")
+    diffs = {(dict(d.split)["prior.sigma0_sq"], dict(d.split)["prior.sigma1_sq"]): round(d.mean, 6)
+             for d in differences(find_runs([tmp_path]), others=("l2",), by=by) if d.label == "accuracy"}
+    assert diffs == {(1e-10, 0.05): 20.0, (1e-6, 0.05): 10.0, (1e-10, 1.0): 15.0}
+
+
 def test_cli_writes_markdown_csv_and_pngs(tmp_path, capsys):
     for method in ("mgpp", "l2", "gmp"):
         fake_run(tmp_path / "runs", method, 1, 0.8, 0.8)

@@ -394,14 +394,16 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
 
 
 def _only_setting(cells: dict, models: dict, reference: tuple, method: str, swept: set[str]) -> dict[int, list[float]]:
-    """``method``'s cell at the ``reference`` cell's experiment, task and sparsity when it ran there at
-    one setting of the ``--by`` keys only (a baseline the sweep does not touch, like GMP in a prior
-    sweep), with the same model and alike in every other split; else none."""
-    fixed = lambda split: {(k, v) for k, v in split if k not in swept}  # noqa: E731
-    matches = [k for k in cells if k[:3] == reference[:3] and k[-1] == method]
-    if len(matches) != 1 or fixed(matches[0][3]) != fixed(reference[3]) or models[matches[0]] != models.get(reference):
-        return {}
-    return cells[matches[0]]
+    """``method``'s cell to pair with the ``reference`` cell when none sits at the same settings: at the
+    same experiment, task, sparsity and model, matching the reference on every ``--by`` key the method
+    itself ran at more than one value of and on every other split; the ``--by`` keys it ran at one
+    value only are taken not to touch it (GMP in a prior sweep; L2, which has no spike, in a sweep of
+    MGPP's σ0²). None unless exactly one cell matches."""
+    candidates = [k for k in cells if k[:3] == reference[:3] and k[-1] == method and models[k] == models.get(reference)]
+    varied = {key for key in swept if len({dict(k[3]).get(key) for k in candidates}) > 1}
+    kept = lambda split: {(k, v) for k, v in split if k not in swept or k in varied}  # noqa: E731
+    matches = [k for k in candidates if kept(k[3]) == kept(reference[3])]
+    return cells[matches[0]] if len(matches) == 1 else {}
 
 
 def gap_changes(diffs: Sequence[Difference]) -> list[Difference]:
@@ -426,8 +428,9 @@ def gap_changes(diffs: Sequence[Difference]) -> list[Difference]:
 
 DIFFERENCES_NOTE = ("Mean difference in percent points over the seeds both methods have (paired by seed), with a "
                     "95% Student-t interval [low, high] (none for a single seed). An interval that excludes 0 is a "
-                    "difference the seeds resolve. A method run at one setting only is compared with every setting "
-                    "of the reference.")
+                    "difference the seeds resolve. Where a method has no run at the reference's setting, it is compared "
+                    "at the setting that matches on the keys it was itself run at several values of (a baseline at "
+                    "one setting only, with every setting of the reference).")
 CHANGES_NOTE = ("Per seed, the difference at the higher sparsity minus the difference at the lower one, then mean "
                 "and 95% Student-t interval as above: positive means the reference's lead grows with sparsity "
                 "(the paper: MGPP - L2 on MNLI +1.2 at 80%, +3.6 at 90%).")
