@@ -200,6 +200,29 @@ def test_a_baseline_is_paired_on_the_swept_keys_it_ran_at_several_values_only(tm
     assert diffs == {(1e-10, 0.05): 20.0, (1e-6, 0.05): 10.0, (1e-10, 1.0): 15.0}
 
 
+def test_the_kept_weights_table_reads_each_runs_last_magnitude_histogram(tmp_path):
+    """Mean log10 |theta| from the histogram's sum and count; shares below 1e-2 and 1e-3 from its bins,
+    the bin that straddles a bound counted in proportion; over seeds, one row per pruned cell."""
+    from mgpp.report.tables import kept_weights, kept_weights_markdown, share_below
+
+    edges = [-4.0, -3.0, -2.5, -2.0, -1.0, 0.0]
+    assert share_below({"counts": [1, 1, 2, 4, 2], "edges": edges}, -2.0) == pytest.approx(0.4)
+    assert share_below({"counts": [0, 0, 0, 5, 5], "edges": edges}, -1.5) == pytest.approx(0.25)
+    for method, seed, counts in (("l2", 1, [1, 1, 2, 4, 2]), ("l2", 2, [0, 1, 1, 4, 4]), ("gmp", 1, [0, 0, 0, 0, 10]),
+                                 ("dense", 1, [0, 0, 0, 0, 10])):
+        fake_run(tmp_path, method, seed, 0.8, 0.8, sparsity=0.0 if method == "dense" else 0.9)
+        log = next(tmp_path.rglob(f"{method}/*seed{seed}/log.jsonl"))
+        record = {"kind": "histogram", "step": 20, "name": "weights/nonzero_log10_magnitude", "counts": counts,
+                  "edges": edges, "num": sum(counts), "sum": -1.5 * sum(counts) if method == "l2" else -0.5 * 10}
+        log.write_text(log.read_text() + json.dumps(record) + "\n")
+    kept = {k.label: k for k in kept_weights(find_runs([tmp_path]))}
+    assert set(kept) == {"gmp", "l2"}  # the dense run prunes nothing
+    assert kept["l2"].mean_log10 == pytest.approx([-1.5, -1.5]) and kept["gmp"].mean_log10 == [-0.5]
+    assert kept["l2"].below_1e2 == pytest.approx([0.4, 0.2]) and kept["l2"].below_1e3 == pytest.approx([0.1, 0.0])
+    table = kept_weights_markdown(list(kept.values()))
+    assert "| mrpc | 90% | l2 | -1.50±0.00 | 30.0±14.1% | 5.0±7.1% | 2 |" in table
+
+
 def test_cli_writes_markdown_csv_and_pngs(tmp_path, capsys):
     for method in ("mgpp", "l2", "gmp"):
         fake_run(tmp_path / "runs", method, 1, 0.8, 0.8)

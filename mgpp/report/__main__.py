@@ -19,8 +19,9 @@ from pathlib import Path
 
 from . import figures
 from .runs import find_runs, wandb_runs
-from .tables import (cells_from_runs, differences, differences_markdown, group_label, group_runs,
-                     load_experiment_paper, method_rank, percent_scale, summarize, to_csv, to_markdown)
+from .tables import (cells_from_runs, differences, differences_markdown, group_label, group_runs, kept_weights,
+                     kept_weights_markdown, load_experiment_paper, method_rank, percent_scale, summarize, to_csv,
+                     to_markdown)
 
 def _experiment_dirs() -> list[Path]:
     """Where experiment files live: experiments/ of a checkout, the experiment group a wheel ships."""
@@ -106,6 +107,9 @@ def main(argv=None) -> int:
         if args.compare else []
     if diffs:
         markdown += "\n" + differences_markdown(diffs)
+    kept = kept_weights_markdown(kept_weights(finished, by=args.by))
+    if kept:
+        markdown += "\n" + kept
     to_csv(rows, out / "results.csv", paper)
 
     figure_lines = []

@@ -19,8 +19,10 @@ from typing import Any, Sequence
 
 from .runs import Run
 
-__all__ = ["Row", "PaperCell", "Difference", "by_label", "by_value", "differences", "group_label", "method_rank", "differences_markdown", "is_collapsed", "metric_columns", "summarize", "paper_cells", "load_experiment_paper",
-           "cells_from_runs", "to_markdown", "to_csv"]
+__all__ = ["Row", "PaperCell", "Difference", "KeptWeights", "by_label", "by_value", "cells_from_runs", "differences",
+           "differences_markdown", "group_label", "is_collapsed", "kept_weights", "kept_weights_markdown",
+           "load_experiment_paper", "method_rank", "metric_columns", "paper_cells", "share_below", "summarize",
+           "to_csv", "to_markdown"]
 
 GROUP_KEYS = ("task.name", "method.name")
 #: config keys that may differ between the seeds of one cell; any other key that differs splits it
@@ -462,6 +464,71 @@ def _difference_rows(diffs: Sequence[Difference]) -> list[str]:
         setting = " (" + ", ".join(f"{k}={v}" for k, v in split) + ")" if split else ""
         rows.append(f"| {task} | {where} | {reference} − {other}{setting} | {metrics} | {cells[0].n} |")
     return rows
+
+
+KEPT_HISTOGRAM = "weights/nonzero_log10_magnitude"
+KEPT_NOTE = ("From each run's last `weights/nonzero_log10_magnitude` histogram (the target weights a run keeps, at "
+             "its last logged step): Fig. 2a in numbers. Mean±std over seeds. A penalty that shrinks the survivors "
+             "shows as a lower mean and more of them below 1e-2 (GMP's, without a prior, are the yardstick).")
+
+
+def share_below(histogram: dict, log10_bound: float) -> float:
+    """The fraction of a log10-magnitude histogram's entries below ``log10_bound``, counting the bin that
+    straddles the bound in proportion to the part of it below."""
+    counts, edges = histogram["counts"], histogram["edges"]
+    total = sum(counts)
+    below = 0.0
+    for count, low, high in zip(counts, edges[:-1], edges[1:]):
+        if high <= log10_bound:
+            below += count
+        elif low < log10_bound:
+            below += count * (log10_bound - low) / (high - low)
+    return below / total if total else math.nan
+
+
+@dataclass
+class KeptWeights:
+    """The kept target weights of one cell's seeds at the end of training."""
+
+    task: str
+    sparsity: float
+    label: str
+    mean_log10: list[float]  # per seed
+    below_1e2: list[float]
+    below_1e3: list[float]
+
+    @staticmethod
+    def _text(values: list[float], scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+        mean = scale * statistics.fmean(values)
+        spread = f"±{scale * statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+        return f"{mean:.{digits}f}{spread}{unit}"
+
+    def markdown_row(self) -> str:
+        return (f"| {self.task} | {self.sparsity:.0%} | {self.label} | {self._text(self.mean_log10)} | "
+                f"{self._text(self.below_1e2, 100, 1, '%')} | {self._text(self.below_1e3, 100, 1, '%')} | "
+                f"{len(self.mean_log10)} |")
+
+
+def kept_weights(runs: Sequence[Run], by: Sequence[str] = ()) -> list[KeptWeights]:
+    """Per pruned cell (as the tables group runs), the magnitudes of the weights its finished seeds kept."""
+    out = []
+    for (experiment, task, method, sparsity, by_values), members in group_runs(runs, by).items():
+        hists = [h for h in (r.last_histogram(KEPT_HISTOGRAM) for r in members if r.finished) if h and h.get("num")]
+        if float(sparsity) <= 0 or not hists:
+            continue
+        out.append(KeptWeights(task, float(sparsity), group_label(method, by_values),
+                               [h["sum"] / h["num"] for h in hists], [share_below(h, -2.0) for h in hists],
+                               [share_below(h, -3.0) for h in hists]))
+    rank = {label: method_rank(label.split(" (")[0]) for label in {k.label for k in out}}
+    return sorted(out, key=lambda k: (k.task, k.sparsity, rank[k.label], k.label))
+
+
+def kept_weights_markdown(kept: Sequence[KeptWeights]) -> str:
+    if not kept:
+        return ""
+    return "\n".join(["### The weights each method keeps", "",
+                      "| task | sparsity | method | mean log10 \\|θ\\| of the kept | kept below 1e-2 | kept below 1e-3 | seeds |",
+                      "|---|---|---|---|---|---|---|", *(k.markdown_row() for k in kept), "", KEPT_NOTE, ""])
 
 
 def group_label(method: str, split: Sequence[tuple[str, Any]]) -> str:
