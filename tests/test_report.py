@@ -184,7 +184,9 @@ def test_a_baseline_run_at_one_setting_is_compared_with_every_setting_of_the_ref
 def test_a_baseline_is_paired_on_the_swept_keys_it_ran_at_several_values_only(tmp_path):
     """MGPP swept over sigma0_sq and sigma1_sq, L2 over sigma1_sq only (it has no spike): every MGPP
     setting is compared with the L2 run at its sigma1_sq, whatever its sigma0_sq."""
-    from mgpp.report.tables import differences
+    import shutil
+
+    from mgpp.report.tables import differences, differences_markdown
 
     for folder, method, acc, s0, s1 in (("a", "mgpp", 0.80, 1e-10, 0.05), ("b", "mgpp", 0.70, 1e-6, 0.05),
                                         ("c", "mgpp", 0.90, 1e-10, 1.0), ("d", "l2", 0.60, 1e-10, 0.05),
@@ -195,9 +197,31 @@ def test_a_baseline_is_paired_on_the_swept_keys_it_ran_at_several_values_only(tm
         config["prior"].update(sigma0_sq=s0, sigma1_sq=s1)
         path.write_text(yaml.safe_dump(config))
     by = ("prior.sigma0_sq", "prior.sigma1_sq")
-    diffs = {(dict(d.split)["prior.sigma0_sq"], dict(d.split)["prior.sigma1_sq"]): round(d.mean, 6)
+    diffs = {(dict(d.split)["prior.sigma0_sq"], dict(d.split)["prior.sigma1_sq"]): (round(d.mean, 6), d.other_split)
              for d in differences(find_runs([tmp_path]), others=("l2",), by=by) if d.label == "accuracy"}
-    assert diffs == {(1e-10, 0.05): 20.0, (1e-6, 0.05): 10.0, (1e-10, 1.0): 15.0}
+    assert diffs == {(1e-10, 0.05): (20.0, ()), (1e-6, 0.05): (10.0, (("prior.sigma0_sq", 1e-10),)),
+                     (1e-10, 1.0): (15.0, ())}
+    # the row names the stand-in's own setting: PA, run at one setting, stands in for every MGPP setting
+    fake_run(tmp_path / "f", "pa", 1, 0.50, 0.50)
+    path = next((tmp_path / "f").rglob("config.yaml"))
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "prior": {"sigma0_sq": 1e-10, "sigma1_sq": 0.05}}))
+    table = differences_markdown(differences(find_runs([tmp_path]), others=("pa",), by=by))
+    assert "| mrpc | 90% | mgpp − pa (prior.sigma0_sq=1e-10, prior.sigma1_sq=1.0; pa at prior.sigma1_sq=0.05) |" in table
+    # an L2 run still running at sigma0_sq 1e-6 is waited for, not stood in for by the finished one at 1e-10
+    unfinished = tmp_path / "g" / "mrpc" / "l2" / "sparsity0.9_seed1"
+    unfinished.mkdir(parents=True)
+    config = yaml.safe_load(next((tmp_path / "d").rglob("config.yaml")).read_text())
+    config["prior"]["sigma0_sq"] = 1e-6
+    (unfinished / "config.yaml").write_text(yaml.safe_dump(config))
+    settings = {dict(d.split)["prior.sigma0_sq"] for d in differences(find_runs([tmp_path]), others=("l2",), by=by)}
+    assert settings == {1e-10}  # and the 1e-10 pairs need no stand-in: L2 now varies in sigma0_sq too
+    # L2 run at a second sigma0_sq: that key now matters to it, and no L2 run stands in for sigma0_sq 1e-6
+    shutil.rmtree(tmp_path / "g")
+    fake_run(tmp_path / "h", "l2", 1, 0.55, 0.55)
+    config["prior"].update(sigma0_sq=1e-8, sigma1_sq=0.05)
+    next((tmp_path / "h").rglob("config.yaml")).write_text(yaml.safe_dump(config))
+    settings = {dict(d.split)["prior.sigma0_sq"] for d in differences(find_runs([tmp_path]), others=("l2",), by=by)}
+    assert 1e-6 not in settings
 
 
 def test_the_kept_weights_table_reads_each_runs_last_magnitude_histogram(tmp_path):

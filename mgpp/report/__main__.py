@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     paper += [c for c in cells_from_runs(runs) if c.experiment not in named]
     rows = summarize(runs, by=args.by, paper=paper)
     markdown = to_markdown(rows, paper)
-    diffs = differences(finished, reference=args.reference, others=args.compare.split(","), by=args.by) \
+    diffs = differences(runs, reference=args.reference, others=args.compare.split(","), by=args.by) \
         if args.compare else []
     if diffs:
         markdown += "\n" + differences_markdown(diffs)

@@ -342,6 +342,7 @@ class Difference:
     seeds: list[int] = field(default_factory=list)
     from_sparsity: float | None = None
     split: tuple = ()  # ((key, value), ...) of the keys that keep runs apart (``--by``, differing configs)
+    other_split: tuple = ()  # where ``other`` stood in from another setting: its own values of the keys that differ
 
     @property
     def n(self) -> int:
@@ -366,46 +367,57 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
     """Per experiment, task, sparsity (and split keys: ``by`` and configs that differ within a cell):
     ``reference - other`` for each metric, over the seeds both have."""
     cells: dict[tuple, dict[int, list[float]]] = {}
-    models: dict[tuple, set] = {}  # a baseline's only setting stands in for others of the same model only
+    models: dict[tuple, set] = {}  # a baseline stands in for another setting of the same model only
     labels: dict[tuple, list[str]] = {}
+    started: set[tuple] = set()  # cells with a run, finished or not
     for (experiment, task, method, sparsity, by_values), members in group_runs(runs, by).items():
+        key = (experiment, task, _sparsity_key(sparsity), by_values)
+        started.add(key + (method,))
         done = [r for r in members if r.finished]
         if not done:
             continue
         task_cfg = done[0].config.get("task") or {}
         columns, scale = metric_columns(task_cfg), percent_scale(task_cfg)
-        key = (experiment, task, _sparsity_key(sparsity), by_values)
         labels[key] = [label for _, label in columns]
         cells[key + (method,)] = {int(r.get("seed", 0)): [scale * float(r.metrics.get(k, math.nan)) for k, _ in columns]
                                   for r in done}
         models[key + (method,)] = {r.get("model.name") for r in done}
+    swept = {by_label(k) for k in by}
     out = []
     for key, label_list in sorted(labels.items(), key=str):
         mine = cells.get(key + (reference,), {})
         for other in others:
-            theirs = cells.get(key + (other,)) or _only_setting(cells, models, key + (reference,), other,
-                                                                {by_label(k) for k in by})
-            seeds = sorted(set(mine) & set(theirs))
+            if key + (other,) in cells:
+                theirs_key = key + (other,)
+            elif key + (other,) in started:  # still running at this setting: wait for it, no stand-in
+                continue
+            else:
+                theirs_key = _stand_in(cells, models, key + (reference,), other, swept)
+            seeds = sorted(set(mine) & set(cells.get(theirs_key, {})))
             if not seeds:
                 continue
+            theirs = cells[theirs_key]
+            other_split = tuple(item for item in theirs_key[3] if item not in key[3])
             experiment, task, sparsity, split = key
             for i, label in enumerate(label_list):
                 out.append(Difference(experiment, task, float(sparsity), reference, other, label,
-                                      [mine[s][i] - theirs[s][i] for s in seeds], seeds, split=split))
+                                      [mine[s][i] - theirs[s][i] for s in seeds], seeds, split=split,
+                                      other_split=other_split))
     return out
 
 
-def _only_setting(cells: dict, models: dict, reference: tuple, method: str, swept: set[str]) -> dict[int, list[float]]:
-    """``method``'s cell to pair with the ``reference`` cell when none sits at the same settings: at the
-    same experiment, task, sparsity and model, matching the reference on every ``--by`` key the method
-    itself ran at more than one value of and on every other split; the ``--by`` keys it ran at one
-    value only are taken not to touch it (GMP in a prior sweep; L2, which has no spike, in a sweep of
-    MGPP's σ0²). None unless exactly one cell matches."""
+def _stand_in(cells: dict, models: dict, reference: tuple, method: str, swept: set[str]) -> tuple | None:
+    """The cell of ``method`` to compare with the ``reference`` cell when ``method`` has no run at the
+    reference's setting: at the same experiment, task, sparsity and model, matching the reference on
+    every ``--by`` key the method itself ran at more than one value of and on every other split (GMP
+    in a prior sweep: its one setting; L2 in a sweep of MGPP's σ0² and σ1²: the run at the same σ1²).
+    The rows name the stand-in's own setting, since a key the method ran at one value only may still
+    matter to it (PA's σ1²). None unless exactly one cell matches."""
     candidates = [k for k in cells if k[:3] == reference[:3] and k[-1] == method and models[k] == models.get(reference)]
     varied = {key for key in swept if len({dict(k[3]).get(key) for k in candidates}) > 1}
     kept = lambda split: {(k, v) for k, v in split if k not in swept or k in varied}  # noqa: E731
     matches = [k for k in candidates if kept(k[3]) == kept(reference[3])]
-    return cells[matches[0]] if len(matches) == 1 else {}
+    return matches[0] if len(matches) == 1 else None
 
 
 def gap_changes(diffs: Sequence[Difference]) -> list[Difference]:
@@ -414,7 +426,7 @@ def gap_changes(diffs: Sequence[Difference]) -> list[Difference]:
     by_comparison: dict[tuple, list[Difference]] = defaultdict(list)
     for d in diffs:
         if d.from_sparsity is None and d.sparsity > 0:
-            by_comparison[(d.experiment, d.task, d.split, d.reference, d.other, d.label)].append(d)
+            by_comparison[(d.experiment, d.task, d.split, d.reference, d.other, d.other_split, d.label)].append(d)
     out = []
     for members in by_comparison.values():
         members = sorted(members, key=lambda d: d.sparsity)
@@ -430,9 +442,10 @@ def gap_changes(diffs: Sequence[Difference]) -> list[Difference]:
 
 DIFFERENCES_NOTE = ("Mean difference in percent points over the seeds both methods have (paired by seed), with a "
                     "95% Student-t interval [low, high] (none for a single seed). An interval that excludes 0 is a "
-                    "difference the seeds resolve. Where a method has no run at the reference's setting, it is compared "
-                    "at the setting that matches on the keys it was itself run at several values of (a baseline at "
-                    "one setting only, with every setting of the reference).")
+                    "difference the seeds resolve. Where a method has no run (finished or running) at the reference's "
+                    "setting, another of its runs stands in: the one that matches on the `--by` keys the method was "
+                    "itself run at several values of (a baseline run at one setting stands in for every setting); "
+                    "the row then names the stand-in's own values (\"pa at sigma1_sq=0.05\").")
 CHANGES_NOTE = ("Per seed, the difference at the higher sparsity minus the difference at the lower one, then mean "
                 "and 95% Student-t interval as above: positive means the reference's lead grows with sparsity "
                 "(the paper: MGPP - L2 on MNLI +1.2 at 80%, +3.6 at 90%).")
@@ -455,13 +468,16 @@ def differences_markdown(diffs: Sequence[Difference]) -> str:
 
 def _difference_rows(diffs: Sequence[Difference]) -> list[str]:
     rows = []
-    groups = dict.fromkeys((d.task, d.from_sparsity, d.sparsity, d.split, d.reference, d.other) for d in diffs)
-    for group in groups:
-        task, from_sparsity, sparsity, split, reference, other = group
-        cells = [d for d in diffs if (d.task, d.from_sparsity, d.sparsity, d.split, d.reference, d.other) == group]
+    identity = lambda d: (d.task, d.from_sparsity, d.sparsity, d.split, d.reference, d.other, d.other_split)  # noqa: E731
+    for group in dict.fromkeys(map(identity, diffs)):
+        task, from_sparsity, sparsity, split, reference, other, other_split = group
+        cells = [d for d in diffs if identity(d) == group]
         metrics = "; ".join(f"{d.label} {d.text()}" for d in cells)
         where = f"{from_sparsity:.0%} → {sparsity:.0%}" if from_sparsity is not None else f"{sparsity:.0%}"
-        setting = " (" + ", ".join(f"{k}={v}" for k, v in split) + ")" if split else ""
+        parts = [", ".join(f"{k}={v}" for k, v in split)] if split else []
+        if other_split:
+            parts.append(f"{other} at " + ", ".join(f"{k}={v}" for k, v in other_split))
+        setting = " (" + "; ".join(parts) + ")" if parts else ""
         rows.append(f"| {task} | {where} | {reference} − {other}{setting} | {metrics} | {cells[0].n} |")
     return rows
 
@@ -469,7 +485,8 @@ def _difference_rows(diffs: Sequence[Difference]) -> list[str]:
 KEPT_HISTOGRAM = "weights/nonzero_log10_magnitude"
 KEPT_NOTE = ("From each run's last `weights/nonzero_log10_magnitude` histogram (the target weights a run keeps, at "
              "its last logged step): Fig. 2a in numbers. Mean±std over seeds. A penalty that shrinks the survivors "
-             "shows as a lower mean and more of them below 1e-2 (GMP's, without a prior, are the yardstick).")
+             "shows as a lower mean and more of them below 1e-2 (GMP's, without a prior, are the yardstick). Runs "
+             "without a local `log.jsonl` (W&B) are left out, so a cell may count fewer seeds here than above.")
 
 
 def share_below(histogram: dict, log10_bound: float) -> float:
@@ -490,6 +507,7 @@ def share_below(histogram: dict, log10_bound: float) -> float:
 class KeptWeights:
     """The kept target weights of one cell's seeds at the end of training."""
 
+    experiment: str
     task: str
     sparsity: float
     label: str
@@ -516,19 +534,22 @@ def kept_weights(runs: Sequence[Run], by: Sequence[str] = ()) -> list[KeptWeight
         hists = [h for h in (r.last_histogram(KEPT_HISTOGRAM) for r in members if r.finished) if h and h.get("num")]
         if float(sparsity) <= 0 or not hists:
             continue
-        out.append(KeptWeights(task, float(sparsity), group_label(method, by_values),
+        out.append(KeptWeights(experiment, task, float(sparsity), group_label(method, by_values),
                                [h["sum"] / h["num"] for h in hists], [share_below(h, -2.0) for h in hists],
                                [share_below(h, -3.0) for h in hists]))
     rank = {label: method_rank(label.split(" (")[0]) for label in {k.label for k in out}}
-    return sorted(out, key=lambda k: (k.task, k.sparsity, rank[k.label], k.label))
+    return sorted(out, key=lambda k: (k.experiment, k.task, k.sparsity, rank[k.label], k.label))
 
 
 def kept_weights_markdown(kept: Sequence[KeptWeights]) -> str:
-    if not kept:
-        return ""
-    return "\n".join(["### The weights each method keeps", "",
-                      "| task | sparsity | method | mean log10 \\|θ\\| of the kept | kept below 1e-2 | kept below 1e-3 | seeds |",
-                      "|---|---|---|---|---|---|---|", *(k.markdown_row() for k in kept), "", KEPT_NOTE, ""])
+    """A table per experiment: a row per pruned cell."""
+    out = []
+    for experiment in dict.fromkeys(k.experiment for k in kept):
+        out += [f"### {experiment}: the weights each method keeps", "",
+                "| task | sparsity | method | mean log10 \\|θ\\| of the kept | kept below 1e-2 | kept below 1e-3 | seeds |",
+                "|---|---|---|---|---|---|---|", *(k.markdown_row() for k in kept if k.experiment == experiment), "",
+                KEPT_NOTE, ""]
+    return "\n".join(out)
 
 
 def group_label(method: str, split: Sequence[tuple[str, Any]]) -> str:
