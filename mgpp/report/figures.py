@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..priors import L2, Laplace, MixtureGaussian, Prior
-from .runs import Run
+from .runs import LOG_MAGNITUDE_HISTOGRAM, NONZERO_HISTOGRAM, Run
 
 __all__ = ["penalty", "figure1_curves", "figure1", "figure_a1", "figure2a", "figure2b", "figure_dev_curves"]
 
@@ -111,7 +111,7 @@ def _one_run_per_label(groups: dict[str, Sequence[Run]], methods: Sequence[str])
     return chosen
 
 
-LINEAR, LOG_MAGNITUDE = "weights/nonzero_targets", "weights/nonzero_log10_magnitude"
+LINEAR, LOG_MAGNITUDE = NONZERO_HISTOGRAM, LOG_MAGNITUDE_HISTOGRAM
 
 #: one colour, line style and marker per method, the same in every figure, so that lines that
 #: overlap stay distinguishable (and readable in grey scale)

@@ -12,7 +12,10 @@ from ..run_folder import CHECKPOINT_DIR, CONFIG_FILE, RunFolder, key_aliases
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "find_runs", "wandb_runs"]
+__all__ = ["Run", "find_runs", "wandb_runs", "NONZERO_HISTOGRAM", "LOG_MAGNITUDE_HISTOGRAM"]
+
+#: the weight histograms training logs (mgpp.training_log): nonzero target values, and their log10 magnitudes
+NONZERO_HISTOGRAM, LOG_MAGNITUDE_HISTOGRAM = "weights/nonzero_targets", "weights/nonzero_log10_magnitude"
 
 
 @dataclass
@@ -58,7 +61,7 @@ class Run:
         steps = sorted(by_step)
         return steps, [by_step[s] for s in steps]
 
-    def last_histogram(self, name: str = "weights/nonzero_targets") -> dict | None:
+    def last_histogram(self, name: str = NONZERO_HISTOGRAM) -> dict | None:
         hists = [r for r in self.records if r.get("kind") == "histogram" and r.get("name") == name]
         return max(hists, key=lambda r: r["step"]) if hists else None
 

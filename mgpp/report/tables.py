@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runs import Run
+from .runs import LOG_MAGNITUDE_HISTOGRAM, Run
 
 __all__ = ["Row", "PaperCell", "Difference", "KeptWeights", "by_label", "by_value", "cells_from_runs", "differences",
            "differences_markdown", "group_label", "is_collapsed", "kept_weights", "kept_weights_markdown",
@@ -482,7 +482,6 @@ def _difference_rows(diffs: Sequence[Difference]) -> list[str]:
     return rows
 
 
-KEPT_HISTOGRAM = "weights/nonzero_log10_magnitude"
 KEPT_NOTE = ("From each run's last `weights/nonzero_log10_magnitude` histogram (the target weights a run keeps, at "
              "its last logged step): Fig. 2a in numbers. Mean±std over seeds. A penalty that shrinks the survivors "
              "shows as a lower mean and more of them below 1e-2 (GMP's, without a prior, are the yardstick). Runs "
@@ -510,7 +509,8 @@ class KeptWeights:
     experiment: str
     task: str
     sparsity: float
-    label: str
+    method: str
+    split: tuple  # ((key, value), ...) as the tables split cells
     mean_log10: list[float]  # per seed
     below_1e2: list[float]
     below_1e3: list[float]
@@ -520,6 +520,10 @@ class KeptWeights:
         mean = scale * statistics.fmean(values)
         spread = f"±{scale * statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
         return f"{mean:.{digits}f}{spread}{unit}"
+
+    @property
+    def label(self) -> str:
+        return group_label(self.method, self.split)
 
     def markdown_row(self) -> str:
         return (f"| {self.task} | {self.sparsity:.0%} | {self.label} | {self._text(self.mean_log10)} | "
@@ -531,14 +535,15 @@ def kept_weights(runs: Sequence[Run], by: Sequence[str] = ()) -> list[KeptWeight
     """Per pruned cell (as the tables group runs), the magnitudes of the weights its finished seeds kept."""
     out = []
     for (experiment, task, method, sparsity, by_values), members in group_runs(runs, by).items():
-        hists = [h for h in (r.last_histogram(KEPT_HISTOGRAM) for r in members if r.finished) if h and h.get("num")]
-        if float(sparsity) <= 0 or not hists:
+        if float(sparsity) <= 0:
             continue
-        out.append(KeptWeights(experiment, task, float(sparsity), group_label(method, by_values),
-                               [h["sum"] / h["num"] for h in hists], [share_below(h, -2.0) for h in hists],
-                               [share_below(h, -3.0) for h in hists]))
-    rank = {label: method_rank(label.split(" (")[0]) for label in {k.label for k in out}}
-    return sorted(out, key=lambda k: (k.experiment, k.task, k.sparsity, rank[k.label], k.label))
+        hists = [h for h in (r.last_histogram(LOG_MAGNITUDE_HISTOGRAM) for r in members if r.finished)
+                 if h and h.get("num")]
+        if hists:
+            out.append(KeptWeights(experiment, task, float(sparsity), method, by_values,
+                                   [h["sum"] / h["num"] for h in hists], [share_below(h, -2.0) for h in hists],
+                                   [share_below(h, -3.0) for h in hists]))
+    return sorted(out, key=lambda k: (k.experiment, k.task, k.sparsity, method_rank(k.method), k.label))
 
 
 def kept_weights_markdown(kept: Sequence[KeptWeights]) -> str:

@@ -6,8 +6,8 @@
 # sweeps/study_ablation_followup.yaml), then for the later seeds the 90% cells, the follow-up's
 # weak-slab point (L2 and MGPP at sigma1_sq 1.0), and the rest of the required blocks, then the
 # optional blocks (STS-B, RTE, SST-2 80%) seed by seed. Resumable: rerun it after an interruption;
-# finished runs (metrics.json) are skipped
-# in a second, interrupted ones continue from their last checkpoint. Then the report.
+# finished runs (metrics.json) are skipped in a second, interrupted ones continue from their last
+# checkpoint. Then the report.
 #   experiments/results/study_ablation/run.sh                 # everything below
 #   BLOCKS="mrpc90 mrpc_dense" SEEDS="1" experiments/results/study_ablation/run.sh   # a part of it
 #   BLOCKS=followup SEEDS=1 experiments/results/study_ablation/run.sh                 # the follow-up alone
@@ -49,22 +49,18 @@ read -ra FOLLOWUP_LIST <<<"$FOLLOWUP_SEEDS"
 # follow-up's weak-slab point (for the seeds the follow-up did not run), then the rest of the required
 # blocks; then the optional blocks. So a study cut short has its headline cells at every seed first.
 HEADLINE="mrpc90 sst2_90"
+REST=$(for block in $REQUIRED; do [[ " $HEADLINE " == *" $block "* ]] || printf '%s ' "$block"; done)
+without_followup() { for seed in "$@"; do [[ " ${FOLLOWUP_LIST[*]} " == *" $seed "* ]] || echo "$seed"; done; }
 if [ -n "${BLOCKS:-}" ]; then
   ORDER=("$BLOCKS:${SEED_LIST[*]}")
 else
-  later=() slab_seeds=()
-  for seed in "${SEED_LIST[@]:1}"; do
-    later+=("$seed")
-    if [[ " ${FOLLOWUP_LIST[*]} " != *" $seed "* ]]; then slab_seeds+=("$seed"); fi
-  done
-  ORDER=("$REQUIRED:${SEED_LIST[0]}" "followup:${FOLLOWUP_LIST[*]}")
-  if [[ " ${FOLLOWUP_LIST[*]} " != *" ${SEED_LIST[0]} "* ]]; then ORDER+=("followup_slab:${SEED_LIST[0]}"); fi
+  first=${SEED_LIST[0]} later=("${SEED_LIST[@]:1}")
+  ORDER=("$REQUIRED:$first" "followup:${FOLLOWUP_LIST[*]}")
+  slab=$(without_followup "$first") && [ -n "$slab" ] && ORDER+=("followup_slab:$slab")
   if [ ${#later[@]} -gt 0 ]; then
-    rest=$REQUIRED
-    for block in $HEADLINE; do rest=${rest/$block/}; done
     ORDER+=("$HEADLINE:${later[*]}")
-    if [ ${#slab_seeds[@]} -gt 0 ]; then ORDER+=("followup_slab:${slab_seeds[*]}"); fi
-    ORDER+=("$(echo $rest):${later[*]}")
+    slab=$(without_followup "${later[@]}" | tr '\n' ' ') && [ -n "$slab" ] && ORDER+=("followup_slab:$slab")
+    ORDER+=("$REST:${later[*]}")
   fi
   ORDER+=("$OPTIONAL:${SEED_LIST[*]}")
 fi
