@@ -17,6 +17,8 @@ pa        MixtureGaussian        PriorAnnealing (one-shot prune, then the loss o
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from .priors import NoPrior, Prior
 from .pruning import SPARSITY_TOLERANCE, GlobalPruner, TargetSelector
 from .schedules import NoPruning, Schedule
 
-__all__ = ["PruningMethod", "preset", "method_names"]
+__all__ = ["PruningMethod", "preset", "method_names", "knobs_read", "KNOBS"]
 
 
 @dataclass
@@ -91,9 +93,33 @@ def preset(name: str, **knobs) -> PruningMethod:
         elif key in (base.prior or {}):
             overrides.append(f"prior.{key}={value}")
         else:
-            raise ValueError(f"method {name!r} has no knob {key!r}: top-level {sorted(k for k in base if k in _KNOBS)}, "
+            raise ValueError(f"method {name!r} has no knob {key!r}: top-level {sorted(k for k in base if k in KNOBS)}, "
                              f"prior {sorted(base.prior)}, schedule {sorted(base.schedule)}")
     return build_method(compose_with(overrides))
 
 
-_KNOBS = ("sparsity", "lam", "sigma0_sq", "sigma1_sq", "t_i", "t_f", "prune_every")
+#: the top-level keys the prior and schedule files read (conf/train.yaml sets them; `preset` takes them)
+KNOBS = ("sparsity", "lam", "sigma0_sq", "sigma1_sq", "t_i", "t_f", "prune_every")
+
+
+def knobs_read(target: str) -> frozenset[str] | None:
+    """The top-level knobs (:data:`KNOBS`) a prior or schedule class reads, from the ``conf/prior`` and
+    ``conf/schedule`` files naming it as ``_target_`` (``mgpp.priors.L2`` reads ``sigma1_sq``; ``NoPrior``
+    none). None for a class no file names: nothing is known about it. Reports use it so a GMP run is not
+    labelled with the sigma0_sq it never read."""
+    return _knobs_by_target().get(target)
+
+
+@functools.cache
+def _knobs_by_target() -> dict[str, frozenset[str]]:
+    from omegaconf import OmegaConf
+
+    found: dict[str, set[str]] = {}
+    for group in ("prior", "schedule"):
+        for path in sorted((_conf() / group).glob("*.yaml")):
+            node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+            if isinstance(node, dict) and "_target_" in node:
+                text = " ".join(str(v) for v in node.values())
+                found.setdefault(node["_target_"], set()).update(
+                    k for k in re.findall(r"\$\{(\w+)\}", text) if k in KNOBS)
+    return {target: frozenset(knobs) for target, knobs in found.items()}

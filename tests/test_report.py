@@ -224,6 +224,33 @@ def test_a_baseline_is_paired_on_the_swept_keys_it_ran_at_several_values_only(tm
     assert 1e-6 not in settings
 
 
+def test_a_knob_the_method_does_not_read_neither_labels_nor_splits_it(tmp_path):
+    """Every run's config carries sigma0_sq and sigma1_sq, but GMP's prior reads neither and L2's only
+    sigma1_sq: swept by both, GMP is one unlabelled cell and L2 is named by sigma1_sq alone."""
+    from mgpp.methods import knobs_read
+    from mgpp.report.tables import differences, differences_markdown, group_label
+
+    assert knobs_read("mgpp.priors.NoPrior") == frozenset() and knobs_read("mgpp.priors.L2") == {"sigma1_sq"}
+    assert knobs_read("mgpp.priors.MixtureGaussian") == {"lam", "sigma0_sq", "sigma1_sq"}
+    assert knobs_read("mgpp.schedules.CubicSparsity") == {"sparsity", "t_i", "t_f", "prune_every"}
+    assert knobs_read("somewhere.Else") is None  # unknown classes are not second-guessed
+    targets = {"gmp": "mgpp.priors.NoPrior", "l2": "mgpp.priors.L2", "mgpp": "mgpp.priors.MixtureGaussian"}
+    for folder, method, acc, s0, s1 in (("a", "gmp", 0.70, 1e-10, 0.05), ("b", "gmp", 0.72, 1e-6, 1.0),
+                                        ("c", "l2", 0.60, 1e-6, 0.05), ("d", "mgpp", 0.80, 1e-6, 0.05)):
+        fake_run(tmp_path / folder, method, 1 if folder != "b" else 2, acc, acc)
+        path = next((tmp_path / folder).rglob("config.yaml"))
+        config = yaml.safe_load(path.read_text())
+        config.update(sigma0_sq=s0, sigma1_sq=s1, prior={"_target_": targets[method]},
+                      schedule={"_target_": "mgpp.schedules.CubicSparsity"})
+        path.write_text(yaml.safe_dump(config))
+    runs, by = find_runs([tmp_path]), ("sigma0_sq", "sigma1_sq")
+    rows = {group_label(r.method, r.by): r.n for r in summarize(runs, by=by)}
+    assert rows == {"gmp": 2, "l2 (sigma1_sq=0.05)": 1, "mgpp (sigma0_sq=1e-06, sigma1_sq=0.05)": 1}
+    table = differences_markdown(differences(runs, others=("l2", "gmp"), by=by))
+    assert "| mrpc | 90% | mgpp − l2 (sigma0_sq=1e-06, sigma1_sq=0.05) |" in table
+    assert "| mrpc | 90% | mgpp − gmp (sigma0_sq=1e-06, sigma1_sq=0.05) |" in table and "gmp at" not in table
+
+
 def test_the_kept_weights_table_reads_each_runs_last_magnitude_histogram(tmp_path):
     """Mean log10 |theta| from the histogram's sum and count; shares below 1e-2 and 1e-3 from its bins,
     the bin that straddles a bound counted in proportion; over seeds, one row per pruned cell."""

@@ -101,12 +101,24 @@ def group_runs(runs: Sequence[Run], by: Sequence[str] = ()) -> dict[tuple, list[
 
 def by_value(run: Run, key: str) -> Any:
     """A ``--by`` key's value for ``run``. ``a|b`` names alternatives, the first one a run's config
-    sets (not null) wins: ``sigma1_sq|prior.sigma1_sq`` reads runs from before and after a key moved."""
+    sets (not null) wins: ``sigma1_sq|prior.sigma1_sq`` reads runs from before and after a key moved.
+    A knob the run's prior and schedule do not read is None (GMP's sigma0_sq, L2's lam): it says
+    nothing about the run, so it neither labels nor splits it."""
     for alternative in key.split("|"):
         value = run.get(alternative)
         if value is not None:
-            return value
+            return value if _reads_knob(run, alternative.split(".")[-1]) else None
     return None
+
+
+def _reads_knob(run: Run, name: str) -> bool:
+    """Whether ``run``'s prior or schedule reads the top-level knob ``name`` (any other key: True)."""
+    from ..methods import KNOBS, knobs_read
+
+    if name not in KNOBS:
+        return True
+    read = [knobs_read(str(run.get(f"{part}._target_"))) for part in ("prior", "schedule")]
+    return any(r is None or name in r for r in read)
 
 
 def by_label(key: str) -> str:
@@ -474,9 +486,9 @@ def _difference_rows(diffs: Sequence[Difference]) -> list[str]:
         cells = [d for d in diffs if identity(d) == group]
         metrics = "; ".join(f"{d.label} {d.text()}" for d in cells)
         where = f"{from_sparsity:.0%} → {sparsity:.0%}" if from_sparsity is not None else f"{sparsity:.0%}"
-        parts = [", ".join(f"{k}={v}" for k, v in split)] if split else []
-        if other_split:
-            parts.append(f"{other} at " + ", ".join(f"{k}={v}" for k, v in other_split))
+        parts = [setting_text(split)] if setting_text(split) else []
+        if setting_text(other_split):
+            parts.append(f"{other} at {setting_text(other_split)}")
         setting = " (" + "; ".join(parts) + ")" if parts else ""
         rows.append(f"| {task} | {where} | {reference} − {other}{setting} | {metrics} | {cells[0].n} |")
     return rows
@@ -559,8 +571,13 @@ def kept_weights_markdown(kept: Sequence[KeptWeights]) -> str:
 
 def group_label(method: str, split: Sequence[tuple[str, Any]]) -> str:
     """How a group is named in tables and figures: the method, then the settings that split it."""
-    extra = ", ".join(f"{k}={v}" for k, v in split)
+    extra = setting_text(split)
     return f"{method} ({extra})" if extra else method
+
+
+def setting_text(split: Sequence[tuple[str, Any]]) -> str:
+    """``key=value, ...`` of the settings that are set (a knob the method does not read is None: left out)."""
+    return ", ".join(f"{k}={v}" for k, v in split if v is not None)
 
 
 def _method_label(row: Row) -> str:
