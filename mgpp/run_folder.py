@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = ["RunFolder", "CONFIG_FILE", "LOG_FILE", "METRICS_FILE", "LAYER_FILE", "MODEL_DIR", "CHECKPOINT_DIR",
-           "MASK_FILE", "LAYER_COLUMNS", "RESUME_IGNORES", "config_changes", "checkpoint_problem",
+           "MASK_FILE", "LAYER_COLUMNS", "NONZERO_HISTOGRAM", "LOG_MAGNITUDE_HISTOGRAM", "RESUME_IGNORES", "config_changes", "checkpoint_problem",
            "make_checkpoints_atomic", "dashboard_key", "key_aliases", "flatten",
            "portable"]
 
@@ -32,6 +32,8 @@ CHECKPOINT_DIR = "checkpoints"
 MASK_FILE = "mask.safetensors"
 SCHEDULE_STATE_FILE = "mgpp_schedule.json"  # in each checkpoint: the schedule's calibration (PA's start)
 LAYER_COLUMNS = ("parameter", "weights", "zeros", "sparsity")
+#: the weight histograms a run logs: the nonzero target values, and their log10 magnitudes (Fig. 2a)
+NONZERO_HISTOGRAM, LOG_MAGNITUDE_HISTOGRAM = "weights/nonzero_targets", "weights/nonzero_log10_magnitude"
 #: config keys that may change between an interrupted run and its resumption
 RESUME_IGNORES = ("output_dir", "resume", "logger", "trainer.disable_tqdm", "paper", "recipe")
 # (an experiment file's paper numbers and its recipe table: what a run uses of the recipe shows in

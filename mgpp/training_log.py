@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 from .callback import PruningCallback
 from .loggers import Histogram, MetricLogger
 from .pruning import reduce_over_ranks
-from .run_folder import LAYER_COLUMNS, dashboard_key
+from .run_folder import LAYER_COLUMNS, LOG_MAGNITUDE_HISTOGRAM, NONZERO_HISTOGRAM, dashboard_key
 
 __all__ = ["weight_histogram", "log_magnitude_histogram", "layer_table", "TrainingLogCallback"]
 
@@ -124,8 +124,8 @@ class TrainingLogCallback(TrainerCallback):
         """The weight histograms, the per-layer table and per-layer scalars, logged when ``log``
         (under sharded training every rank computes them, rank 0 logs); returns the table's rows."""
         params, group = self.pruning.targets.params, self.pruning.group
-        histograms = {"weights/nonzero_targets": weight_histogram(params, self.bins, group),
-                      "weights/nonzero_log10_magnitude": log_magnitude_histogram(params, self.bins, group=group)}
+        histograms = {NONZERO_HISTOGRAM: weight_histogram(params, self.bins, group),
+                      LOG_MAGNITUDE_HISTOGRAM: log_magnitude_histogram(params, self.bins, group=group)}
         rows = layer_table(self.pruning)
         if log:
             for name, histogram in histograms.items():

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..priors import L2, Laplace, MixtureGaussian, Prior
-from .runs import LOG_MAGNITUDE_HISTOGRAM, NONZERO_HISTOGRAM, Run
+from ..run_folder import LOG_MAGNITUDE_HISTOGRAM, NONZERO_HISTOGRAM
+from .runs import Run
 
 __all__ = ["penalty", "figure1_curves", "figure1", "figure_a1", "figure2a", "figure2b", "figure_dev_curves"]
 
@@ -111,8 +112,6 @@ def _one_run_per_label(groups: dict[str, Sequence[Run]], methods: Sequence[str])
     return chosen
 
 
-LINEAR, LOG_MAGNITUDE = NONZERO_HISTOGRAM, LOG_MAGNITUDE_HISTOGRAM
-
 #: one colour, line style and marker per method, the same in every figure, so that lines that
 #: overlap stay distinguishable (and readable in grey scale)
 METHOD_STYLE = {
@@ -184,7 +183,7 @@ def figure2a(groups: dict[str, Sequence[Run]], path: str | Path, methods: Sequen
     chosen = _one_run_per_label(groups, methods)
     styles = {**label_styles(groups), **(styles or {})}  # a label the given styles lack still gets one
     panels = []
-    for name, log_scale in ((LOG_MAGNITUDE, True), (LINEAR, False)):
+    for name, log_scale in ((LOG_MAGNITUDE_HISTOGRAM, True), (NONZERO_HISTOGRAM, False)):
         hists = {}
         for label, run in chosen.items():
             if any(label in drawn for drawn, _ in panels):

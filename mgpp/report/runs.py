@@ -8,14 +8,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..run_folder import CHECKPOINT_DIR, CONFIG_FILE, RunFolder, key_aliases
+from ..run_folder import CHECKPOINT_DIR, CONFIG_FILE, NONZERO_HISTOGRAM, RunFolder, key_aliases
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "find_runs", "wandb_runs", "NONZERO_HISTOGRAM", "LOG_MAGNITUDE_HISTOGRAM"]
-
-#: the weight histograms training logs (mgpp.training_log): nonzero target values, and their log10 magnitudes
-NONZERO_HISTOGRAM, LOG_MAGNITUDE_HISTOGRAM = "weights/nonzero_targets", "weights/nonzero_log10_magnitude"
+__all__ = ["Run", "find_runs", "wandb_runs"]
 
 
 @dataclass

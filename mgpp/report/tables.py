@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runs import LOG_MAGNITUDE_HISTOGRAM, Run
+from ..run_folder import LOG_MAGNITUDE_HISTOGRAM
+from .runs import Run
 
 __all__ = ["Row", "PaperCell", "Difference", "KeptWeights", "by_label", "by_value", "cells_from_runs", "differences",
            "differences_markdown", "group_label", "is_collapsed", "kept_weights", "kept_weights_markdown",
@@ -486,15 +487,14 @@ def _difference_rows(diffs: Sequence[Difference]) -> list[str]:
         cells = [d for d in diffs if identity(d) == group]
         metrics = "; ".join(f"{d.label} {d.text()}" for d in cells)
         where = f"{from_sparsity:.0%} → {sparsity:.0%}" if from_sparsity is not None else f"{sparsity:.0%}"
-        parts = [setting_text(split)] if setting_text(split) else []
-        if setting_text(other_split):
-            parts.append(f"{other} at {setting_text(other_split)}")
+        mine, theirs = setting_text(split), setting_text(other_split)
+        parts = ([mine] if mine else []) + ([f"{other} at {theirs}"] if theirs else [])
         setting = " (" + "; ".join(parts) + ")" if parts else ""
         rows.append(f"| {task} | {where} | {reference} − {other}{setting} | {metrics} | {cells[0].n} |")
     return rows
 
 
-KEPT_NOTE = ("From each run's last `weights/nonzero_log10_magnitude` histogram (the target weights a run keeps, at "
+KEPT_NOTE = (f"From each run's last `{LOG_MAGNITUDE_HISTOGRAM}` histogram (the target weights a run keeps, at "
              "its last logged step): Fig. 2a in numbers. Mean±std over seeds. A penalty that shrinks the survivors "
              "shows as a lower mean and more of them below 1e-2 (GMP's, without a prior, are the yardstick). Runs "
              "without a local `log.jsonl` (W&B) are left out, so a cell may count fewer seeds here than above.")
