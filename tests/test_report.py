@@ -370,6 +370,40 @@ def test_collapsed_runs_are_marked_and_differences_are_paired_by_seed(tmp_path):
     assert f"| mrpc | 90% | mgpp − l2 | accuracy +9.0 [{9 - half:+.1f}, {9 + half:+.1f}]" in text
 
 
+def test_one_methods_two_settings_are_compared_by_pinning_a_by_key(tmp_path):
+    """``mgpp@sigma1_sq=1.0`` against ``mgpp@sigma1_sq=0.05``: MGPP's slab against itself, paired by
+    seed; L2 (no spike: its sigma0_sq is None) pinned the same way stands in at its own setting."""
+    from mgpp.report.__main__ import parse_args
+    from mgpp.report.tables import differences, differences_markdown, parse_method_spec
+
+    for method, s1, seed, acc in (("mgpp", 0.05, 1, 0.70), ("mgpp", 0.05, 2, 0.69), ("mgpp", 1.0, 1, 0.77),
+                                  ("mgpp", 1.0, 2, 0.74), ("l2", 0.05, 1, 0.71), ("l2", 0.05, 2, 0.66)):
+        folder = tmp_path / f"s{s1}"
+        fake_run(folder, method, seed, acc, acc)
+        path = folder / "mrpc" / method / f"sparsity0.9_seed{seed}" / "config.yaml"
+        config = yaml.safe_load(path.read_text())
+        config["prior"].update(sigma1_sq=s1, sigma0_sq=None if method == "l2" else 1e-10)
+        path.write_text(yaml.safe_dump(config))
+    runs, by = find_runs([tmp_path]), ("prior.sigma0_sq", "prior.sigma1_sq")
+    pinned = ("mgpp@prior.sigma1_sq=0.05", "l2@prior.sigma1_sq=5e-2")  # values compare as numbers
+    found = {(d.other, d.other_split): d.diffs for d in differences(runs, "mgpp@prior.sigma1_sq=1", pinned, by)
+             if d.label == "accuracy"}
+    assert found.keys() == {("mgpp", (("prior.sigma1_sq", 0.05),)),
+                            ("l2", (("prior.sigma0_sq", None), ("prior.sigma1_sq", 0.05)))}
+    assert found["mgpp", (("prior.sigma1_sq", 0.05),)] == pytest.approx([7.0, 5.0])
+    assert found["l2", (("prior.sigma0_sq", None), ("prior.sigma1_sq", 0.05))] == pytest.approx([6.0, 8.0])
+    table = differences_markdown(differences(runs, "mgpp@prior.sigma1_sq=1.0", ("mgpp@prior.sigma1_sq=0.05",), by))
+    assert "| mgpp − mgpp (prior.sigma0_sq=1e-10, prior.sigma1_sq=1.0; mgpp at prior.sigma1_sq=0.05) |" in table
+    # unpinned, a method is never compared with its own cell, and the reference's other settings are left out
+    assert not differences(runs, "mgpp@prior.sigma1_sq=1.0", ("mgpp",), by)
+    # a pin names a --by key and a value; a misspelt one fails with the keys there are, before runs are read
+    assert parse_method_spec("mgpp@prior.sigma1_sq=1.0", by) == ("mgpp", {"prior.sigma1_sq": "1.0"})
+    with pytest.raises(ValueError, match="'sigma1' is not a --by key .*prior.sigma0_sq, prior.sigma1_sq"):
+        parse_method_spec("mgpp@sigma1=1.0", by)
+    with pytest.raises(SystemExit):
+        parse_args([str(tmp_path), "--by", *by, "--compare", "l2@prior.sigma1_sq"])
+
+
 def test_a_run_no_better_than_the_commonest_label_is_marked_by_its_tasks_chance_level(tmp_path):
     from mgpp.report.tables import chance_levels, is_collapsed
 

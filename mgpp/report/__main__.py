@@ -20,8 +20,8 @@ from pathlib import Path
 from . import figures
 from .runs import find_runs, wandb_runs
 from .tables import (cells_from_runs, differences, differences_markdown, group_label, group_runs, kept_weights,
-                     kept_weights_markdown, load_experiment_paper, method_rank, percent_scale, summarize, to_csv,
-                     to_markdown)
+                     kept_weights_markdown, load_experiment_paper, method_rank, parse_method_spec, percent_scale,
+                     summarize, to_csv, to_markdown)
 
 def _experiment_dirs() -> list[Path]:
     """Where experiment files live: experiments/ of a checkout, the experiment group a wheel ships."""
@@ -60,15 +60,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wandb-group", help="only W&B runs of this group (the experiment name)")
     p.add_argument("--fig2a-methods", default="mgpp,l2", help="methods compared in Fig. 2a (default: mgpp,l2)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
-    p.add_argument("--reference", default="mgpp", help="method whose differences to the others are tabulated")
+    p.add_argument("--reference", default="mgpp",
+                   help="method whose differences to the others are tabulated; 'method@key=value' pins a --by "
+                        "key (repeat '@key=value' for more), e.g. mgpp@sigma1_sq=1.0")
     p.add_argument("--compare", default="l2,gmp,pa",
-                   help="methods to compare the reference with, paired by seed, 95%% t-intervals ('' for none)")
+                   help="methods to compare the reference with, paired by seed, 95%% t-intervals ('' for none); "
+                        "pinned like --reference, so 'mgpp@sigma1_sq=0.05' compares one method's two settings")
     p.add_argument("--lam", type=float, default=1e-7, help="prior of Fig. 1 / A1 (default: the paper's)")
     p.add_argument("--sigma0-sq", type=float, default=1e-10)
     p.add_argument("--sigma1-sq", type=float, default=0.05)
     args = p.parse_args(argv)
     if not args.paths and not args.wandb:
         p.error("give run/sweep folders, --wandb, or both")
+    try:  # a misspelt pin fails before any run is read
+        for spec in [args.reference, *filter(None, args.compare.split(","))]:
+            parse_method_spec(spec, args.by)
+    except ValueError as error:
+        p.error(str(error))
     return args
 
 

@@ -375,10 +375,50 @@ class Difference:
         return f"{self.mean:+.{digits}f}{band}"
 
 
+def parse_method_spec(spec: str, by: Sequence[str] = ()) -> tuple[str, dict[str, str]]:
+    """``"mgpp@sigma1_sq=1.0"`` -> ``("mgpp", {"sigma1_sq": "1.0"})``: a method, optionally pinned to
+    values of ``--by`` keys (``@key=value``, repeatable), so that one method's two settings can be
+    compared. A pin on a key that is not a ``--by`` key fails here, naming the keys there are."""
+    method, *pins = spec.strip().split("@")
+    parsed = {}
+    for pin in pins:
+        key, sep, value = pin.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{spec!r}: a pin is '@key=value', got '@{pin}'")
+        if key not in {by_label(k) for k in by}:
+            known = ", ".join(by_label(k) for k in by) or "none: add --by"
+            raise ValueError(f"{spec!r}: '{key}' is not a --by key (--by keys: {known})")
+        parsed[key] = value
+    return method, parsed
+
+
+def _pin_matches(value: Any, pin: str) -> bool:
+    """Whether a split value is the pinned one: numerically where both are numbers (1 == 1.0 == 1e0)."""
+    try:
+        return float(value) == float(pin)
+    except (TypeError, ValueError):
+        return str(value) == pin
+
+
+def _pinned(split: tuple, pins: dict[str, str]) -> tuple:
+    """``split`` with the pinned keys set to their pins (numbers as numbers, as configs hold them)."""
+    def value(pin: str):
+        try:
+            return float(pin)
+        except ValueError:
+            return pin
+
+    return tuple((k, value(pins[k]) if k in pins else v) for k, v in split)
+
+
 def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[str] = ("l2", "gmp", "pa"),
                 by: Sequence[str] = ()) -> list[Difference]:
     """Per experiment, task, sparsity (and split keys: ``by`` and configs that differ within a cell):
-    ``reference - other`` for each metric, over the seeds both have."""
+    ``reference - other`` for each metric, over the seeds both have. ``reference`` and ``others`` are
+    methods, each optionally pinned to ``--by`` values (:func:`parse_method_spec`): ``reference``
+    ``mgpp@sigma1_sq=1.0`` against ``mgpp@sigma1_sq=0.05`` is MGPP's slab against itself."""
+    reference, reference_pins = parse_method_spec(reference, by)
+    others = [parse_method_spec(other, by) for other in others]
     cells: dict[tuple, dict[int, list[float]]] = {}
     models: dict[tuple, set] = {}  # a baseline stands in for another setting of the same model only
     labels: dict[tuple, list[str]] = {}
@@ -398,14 +438,20 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
     swept = {by_label(k) for k in by}
     out = []
     for key, label_list in sorted(labels.items(), key=str):
+        split = dict(key[3])
+        if not all(k in split and _pin_matches(split[k], v) for k, v in reference_pins.items()):
+            continue
         mine = cells.get(key + (reference,), {})
-        for other in others:
-            if key + (other,) in cells:
-                theirs_key = key + (other,)
-            elif key + (other,) in started:  # still running at this setting: wait for it, no stand-in
+        for other, pins in others:
+            target = key[:3] + (_pinned(key[3], pins), other)
+            if target in cells:
+                theirs_key = target
+            elif target in started:  # still running at this setting: wait for it, no stand-in
                 continue
             else:
-                theirs_key = _stand_in(cells, models, key + (reference,), other, swept)
+                theirs_key = _stand_in(cells, models, key + (reference,), other, swept, pins)
+            if theirs_key == key + (reference,):  # a cell against itself
+                continue
             seeds = sorted(set(mine) & set(cells.get(theirs_key, {})))
             if not seeds:
                 continue
@@ -419,17 +465,21 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
     return out
 
 
-def _stand_in(cells: dict, models: dict, reference: tuple, method: str, swept: set[str]) -> tuple | None:
+def _stand_in(cells: dict, models: dict, reference: tuple, method: str, swept: set[str],
+              pins: dict[str, str] | None = None) -> tuple | None:
     """The cell of ``method`` to compare with the ``reference`` cell when ``method`` has no run at the
     reference's setting: at the same experiment, task, sparsity and model, matching the reference on
     every ``--by`` key the method itself ran at more than one value of and on every other split (GMP
-    in a prior sweep: its one setting; L2 in a sweep of MGPP's σ0² and σ1²: the run at the same σ1²).
+    in a prior sweep: its one setting; L2 in a sweep of MGPP's σ0² and σ1²: the run at the same σ1²),
+    and on ``pins`` where ``method`` was pinned (those keys take the pinned values instead).
     The rows name the stand-in's own setting, since a key the method ran at one value only may still
     matter to it (PA's σ1²). None unless exactly one cell matches."""
-    candidates = [k for k in cells if k[:3] == reference[:3] and k[-1] == method and models[k] == models.get(reference)]
+    pins = pins or {}
+    candidates = [k for k in cells if k[:3] == reference[:3] and k[-1] == method and models[k] == models.get(reference)
+                  and all(_pin_matches(dict(k[3]).get(key), pin) for key, pin in pins.items())]
     varied = {key for key in swept if len({dict(k[3]).get(key) for k in candidates}) > 1}
     kept = lambda split: {(k, v) for k, v in split if k not in swept or k in varied}  # noqa: E731
-    matches = [k for k in candidates if kept(k[3]) == kept(reference[3])]
+    matches = [k for k in candidates if kept(k[3]) == kept(_pinned(reference[3], pins))]
     return matches[0] if len(matches) == 1 else None
 
 
