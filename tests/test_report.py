@@ -3,6 +3,7 @@ the CLI writes Markdown, CSV and PNGs, from synthetic runs and from real tiny ru
 
 import csv
 import json
+import logging
 import math
 import statistics
 import subprocess
@@ -370,14 +371,15 @@ def test_collapsed_runs_are_marked_and_differences_are_paired_by_seed(tmp_path):
     assert f"| mrpc | 90% | mgpp − l2 | accuracy +9.0 [{9 - half:+.1f}, {9 + half:+.1f}]" in text
 
 
-def test_one_methods_two_settings_are_compared_by_pinning_a_by_key(tmp_path):
+def test_one_methods_two_settings_are_compared_by_pinning_a_by_key(tmp_path, caplog):
     """``mgpp@sigma1_sq=1.0`` against ``mgpp@sigma1_sq=0.05``: MGPP's slab against itself, paired by
     seed; L2 (no spike: its sigma0_sq is None) pinned the same way stands in at its own setting."""
     from mgpp.report.__main__ import parse_args
     from mgpp.report.tables import differences, differences_markdown, parse_method_spec
 
     for method, s1, seed, acc in (("mgpp", 0.05, 1, 0.70), ("mgpp", 0.05, 2, 0.69), ("mgpp", 1.0, 1, 0.77),
-                                  ("mgpp", 1.0, 2, 0.74), ("l2", 0.05, 1, 0.71), ("l2", 0.05, 2, 0.66)):
+                                  ("mgpp", 1.0, 2, 0.74), ("l2", 0.05, 1, 0.71), ("l2", 0.05, 2, 0.66),
+                                  ("l2", 1.0, 1, 0.60), ("l2", 1.0, 2, 0.60)):
         folder = tmp_path / f"s{s1}"
         fake_run(folder, method, seed, acc, acc)
         path = folder / "mrpc" / method / f"sparsity0.9_seed{seed}" / "config.yaml"
@@ -392,14 +394,29 @@ def test_one_methods_two_settings_are_compared_by_pinning_a_by_key(tmp_path):
                             ("l2", (("prior.sigma0_sq", None), ("prior.sigma1_sq", 0.05)))}
     assert found["mgpp", (("prior.sigma1_sq", 0.05),)] == pytest.approx([7.0, 5.0])
     assert found["l2", (("prior.sigma0_sq", None), ("prior.sigma1_sq", 0.05))] == pytest.approx([6.0, 8.0])
+    # unpinned, L2 stands in at the reference's own sigma1_sq (1.0), not at the pinned 0.05
+    unpinned = {d.other_split: d.diffs for d in differences(runs, "mgpp@prior.sigma1_sq=1", ("l2",), by)
+                if d.label == "accuracy"}
+    assert unpinned == {(("prior.sigma0_sq", None),): pytest.approx([17.0, 14.0])}
     table = differences_markdown(differences(runs, "mgpp@prior.sigma1_sq=1.0", ("mgpp@prior.sigma1_sq=0.05",), by))
     assert "| mgpp − mgpp (prior.sigma0_sq=1e-10, prior.sigma1_sq=1.0; mgpp at prior.sigma1_sq=0.05) |" in table
     # unpinned, a method is never compared with its own cell, and the reference's other settings are left out
     assert not differences(runs, "mgpp@prior.sigma1_sq=1.0", ("mgpp",), by)
+    # a pin no run matches (a value never run, a knob the method does not read) yields no row, with a warning
+    with caplog.at_level(logging.WARNING):
+        assert not differences(runs, "mgpp@prior.sigma1_sq=0.5", ("l2",), by)
+        assert not differences(runs, "mgpp", ("l2@prior.sigma0_sq=1e-10",), by)
+    assert "mgpp@prior.sigma1_sq=0.5: no finished run" in caplog.text
+    assert "l2@prior.sigma0_sq=1e-10: no finished run" in caplog.text
     # a pin names a --by key and a value; a misspelt one fails with the keys there are, before runs are read
-    assert parse_method_spec("mgpp@prior.sigma1_sq=1.0", by) == ("mgpp", {"prior.sigma1_sq": "1.0"})
+    assert parse_method_spec("mgpp@prior.sigma1_sq=1.0", by) == ("mgpp", {"prior.sigma1_sq": 1.0})
+    # any alternative of a --by key names it; None and text are values too
+    assert parse_method_spec("l2@b=None", ["a|b"]) == ("l2", {"a": None})
+    assert parse_method_spec("pa@a=cubic", ["a|b"]) == ("pa", {"a": "cubic"})
     with pytest.raises(ValueError, match="'sigma1' is not a --by key .*prior.sigma0_sq, prior.sigma1_sq"):
         parse_method_spec("mgpp@sigma1=1.0", by)
+    with pytest.raises(ValueError, match="no --by keys were given"):
+        parse_method_spec("mgpp@sigma1=1.0")
     with pytest.raises(SystemExit):
         parse_args([str(tmp_path), "--by", *by, "--compare", "l2@prior.sigma1_sq"])
 

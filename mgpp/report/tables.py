@@ -375,40 +375,48 @@ class Difference:
         return f"{self.mean:+.{digits}f}{band}"
 
 
-def parse_method_spec(spec: str, by: Sequence[str] = ()) -> tuple[str, dict[str, str]]:
-    """``"mgpp@sigma1_sq=1.0"`` -> ``("mgpp", {"sigma1_sq": "1.0"})``: a method, optionally pinned to
+def parse_method_spec(spec: str, by: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+    """``"mgpp@sigma1_sq=1.0"`` -> ``("mgpp", {"sigma1_sq": 1.0})``: a method, optionally pinned to
     values of ``--by`` keys (``@key=value``, repeatable), so that one method's two settings can be
-    compared. A pin on a key that is not a ``--by`` key fails here, naming the keys there are."""
+    compared. A pin may name any alternative of a ``--by`` key (``prior.sigma1_sq`` for
+    ``sigma1_sq|prior.sigma1_sq``); values are numbers where they read as one, ``None`` for
+    ``None``/``null``. A malformed pin, or one on a key that is not a ``--by`` key, fails here."""
     method, *pins = spec.strip().split("@")
+    if not method:
+        raise ValueError(f"{spec!r}: no method before '@'")
+    labels = {alternative: by_label(key) for key in by for alternative in key.split("|")}
     parsed = {}
     for pin in pins:
         key, sep, value = pin.partition("=")
         if not sep or not key or not value:
             raise ValueError(f"{spec!r}: a pin is '@key=value', got '@{pin}'")
-        if key not in {by_label(k) for k in by}:
-            known = ", ".join(by_label(k) for k in by) or "none: add --by"
-            raise ValueError(f"{spec!r}: '{key}' is not a --by key (--by keys: {known})")
-        parsed[key] = value
+        if key not in labels:
+            known = ", ".join(map(by_label, by))
+            raise ValueError(f"{spec!r}: '{key}' is not a --by key " + (f"(--by keys: {known})" if known else
+                                                                         "(no --by keys were given)"))
+        parsed[labels[key]] = _pin_value(value)
     return method, parsed
 
 
-def _pin_matches(value: Any, pin: str) -> bool:
-    """Whether a split value is the pinned one: numerically where both are numbers (1 == 1.0 == 1e0)."""
+def _pin_value(text: str) -> Any:
+    if text in ("None", "null"):
+        return None
     try:
-        return float(value) == float(pin)
-    except (TypeError, ValueError):
-        return str(value) == pin
+        return float(text)
+    except ValueError:
+        return text
 
 
-def _pinned(split: tuple, pins: dict[str, str]) -> tuple:
-    """``split`` with the pinned keys set to their pins (numbers as numbers, as configs hold them)."""
-    def value(pin: str):
-        try:
-            return float(pin)
-        except ValueError:
-            return pin
+def _same_setting(value: Any, pin: Any) -> bool:
+    """Whether a split value is the pinned one, numbers by value (1 == 1.0 == 1e0)."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, pin))
+    return float(value) == float(pin) if numbers else value == pin
 
-    return tuple((k, value(pins[k]) if k in pins else v) for k, v in split)
+
+def _at(split: tuple, pins: dict[str, Any]) -> bool:
+    """Whether a cell's split holds every pinned value."""
+    values = dict(split)
+    return all(key in values and _same_setting(values[key], pin) for key, pin in pins.items())
 
 
 def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[str] = ("l2", "gmp", "pa"),
@@ -417,6 +425,7 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
     ``reference - other`` for each metric, over the seeds both have. ``reference`` and ``others`` are
     methods, each optionally pinned to ``--by`` values (:func:`parse_method_spec`): ``reference``
     ``mgpp@sigma1_sq=1.0`` against ``mgpp@sigma1_sq=0.05`` is MGPP's slab against itself."""
+    reference_spec, others_spec = reference, list(others)
     reference, reference_pins = parse_method_spec(reference, by)
     others = [parse_method_spec(other, by) for other in others]
     cells: dict[tuple, dict[int, list[float]]] = {}
@@ -436,17 +445,20 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
                                   for r in done}
         models[key + (method,)] = {r.get("model.name") for r in done}
     swept = {by_label(k) for k in by}
-    out = []
+    out, reference_found = [], False
     for key, label_list in sorted(labels.items(), key=str):
-        split = dict(key[3])
-        if not all(k in split and _pin_matches(split[k], v) for k, v in reference_pins.items()):
+        if not _at(key[3], reference_pins):
             continue
         mine = cells.get(key + (reference,), {})
+        reference_found = reference_found or bool(mine)
         for other, pins in others:
-            target = key[:3] + (_pinned(key[3], pins), other)
+            # the other method at the reference's setting, with its pinned keys at their pins instead
+            wanted = {**dict(key[3]), **pins}
+            target = next((k for k in sorted(started, key=str) if k[:3] == key[:3] and k[-1] == other
+                           and dict(k[3]).keys() == wanted.keys() and _at(k[3], wanted)), None)
             if target in cells:
                 theirs_key = target
-            elif target in started:  # still running at this setting: wait for it, no stand-in
+            elif target is not None:  # still running at this setting: wait for it, no stand-in
                 continue
             else:
                 theirs_key = _stand_in(cells, models, key + (reference,), other, swept, pins)
@@ -462,11 +474,27 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
                 out.append(Difference(experiment, task, float(sparsity), reference, other, label,
                                       [mine[s][i] - theirs[s][i] for s in seeds], seeds, split=split,
                                       other_split=other_split))
+    _warn_unmatched_pins(out, reference_spec if reference_pins and not reference_found else None, others_spec, others)
     return out
 
 
+def _warn_unmatched_pins(out: Sequence[Difference], unmatched_reference: str | None, others_spec: Sequence[str],
+                         others: Sequence[tuple[str, dict]]) -> None:
+    """A pinned method that yields no row is most likely a misread value or a knob the method does not
+    read (GMP's sigma1_sq is unset): say so rather than print a table without it."""
+    import logging
+
+    unmatched = [unmatched_reference] if unmatched_reference else []
+    unmatched += [spec for spec, (method, pins) in zip(others_spec, others)
+                  if pins and not any(d.other == method for d in out)]
+    for spec in unmatched:
+        logging.getLogger(__name__).warning(
+            "%s: no finished run to compare at that setting (values compare as numbers; a knob the method does "
+            "not read, such as GMP's sigma1_sq, is unset)", spec)
+
+
 def _stand_in(cells: dict, models: dict, reference: tuple, method: str, swept: set[str],
-              pins: dict[str, str] | None = None) -> tuple | None:
+              pins: dict[str, Any]) -> tuple | None:
     """The cell of ``method`` to compare with the ``reference`` cell when ``method`` has no run at the
     reference's setting: at the same experiment, task, sparsity and model, matching the reference on
     every ``--by`` key the method itself ran at more than one value of and on every other split (GMP
@@ -474,12 +502,11 @@ def _stand_in(cells: dict, models: dict, reference: tuple, method: str, swept: s
     and on ``pins`` where ``method`` was pinned (those keys take the pinned values instead).
     The rows name the stand-in's own setting, since a key the method ran at one value only may still
     matter to it (PA's σ1²). None unless exactly one cell matches."""
-    pins = pins or {}
     candidates = [k for k in cells if k[:3] == reference[:3] and k[-1] == method and models[k] == models.get(reference)
-                  and all(_pin_matches(dict(k[3]).get(key), pin) for key, pin in pins.items())]
-    varied = {key for key in swept if len({dict(k[3]).get(key) for k in candidates}) > 1}
+                  and _at(k[3], pins)]
+    varied = {key for key in swept if len({dict(k[3]).get(key) for k in candidates}) > 1}  # pinned keys: never
     kept = lambda split: {(k, v) for k, v in split if k not in swept or k in varied}  # noqa: E731
-    matches = [k for k in candidates if kept(k[3]) == kept(_pinned(reference[3], pins))]
+    matches = [k for k in candidates if kept(k[3]) == kept(reference[3])]
     return matches[0] if len(matches) == 1 else None
 
 
