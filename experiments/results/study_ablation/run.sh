@@ -11,6 +11,7 @@
 #   experiments/results/study_ablation/run.sh                 # everything below
 #   BLOCKS="mrpc90 mrpc_dense" SEEDS="1" experiments/results/study_ablation/run.sh   # a part of it
 #   BLOCKS=followup SEEDS=1 experiments/results/study_ablation/run.sh                 # the follow-up alone
+#   BLOCKS=mrpc80 SEEDS=3 METHODS="l2 mgpp" experiments/results/study_ablation/run.sh # some methods only
 #   DRY_RUN=1 experiments/results/study_ablation/run.sh                               # print the queue
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -75,7 +76,10 @@ queue() {
       for block in ${group%%:*}; do
         while read -r line; do
           [ -n "$line" ] || continue
-          for method in ${line#*method=}; do echo "${line%%method=*}method=$method seed=$seed"; done
+          for method in ${line#*method=}; do
+            [ -z "${METHODS:-}" ] || [[ " $METHODS " == *" $method "* ]] || continue
+            echo "${line%%method=*}method=$method seed=$seed"
+          done
         done <<<"${BLOCK[$block]}"
       done
     done
