@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = ["RunFolder", "CONFIG_FILE", "LOG_FILE", "METRICS_FILE", "LAYER_FILE", "MODEL_DIR", "CHECKPOINT_DIR",
-           "MASK_FILE", "LAYER_COLUMNS", "NONZERO_HISTOGRAM", "LOG_MAGNITUDE_HISTOGRAM", "RESUME_IGNORES", "config_changes", "checkpoint_problem",
-           "make_checkpoints_atomic", "dashboard_key", "key_aliases", "flatten",
+           "MASK_FILE", "LAYER_COLUMNS", "NONZERO_HISTOGRAM", "LOG_MAGNITUDE_HISTOGRAM", "RESUME_IGNORES",
+           "config_changes", "checkpoint_problem", "make_checkpoints_atomic", "dashboard_key", "key_aliases", "flatten",
            "portable"]
 
 CONFIG_FILE = "config.yaml"

@@ -10,6 +10,7 @@ paper ran (MvP, ITP, LoSparse, Lead-3), which get paper-only rows.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import statistics
 from collections import defaultdict
@@ -19,6 +20,8 @@ from typing import Any, Sequence
 
 from ..run_folder import LOG_MAGNITUDE_HISTOGRAM
 from .runs import Run
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Row", "PaperCell", "Difference", "KeptWeights", "by_label", "by_value", "cells_from_runs", "differences",
            "differences_markdown", "group_label", "is_collapsed", "kept_weights", "kept_weights_markdown",
@@ -138,10 +141,7 @@ def _one_per_seed(key, members: list[Run]) -> list[Run]:
     for run in sorted(members, key=lambda r: (not r.finished, str(r.path))):
         by_seed.setdefault(run.get("seed"), run)
     if len(by_seed) < len(members):
-        import logging
-
-        logging.getLogger(__name__).warning("%s: %d runs share seeds; one run per seed is counted", key[:4],
-                                            len(members))
+        log.warning("%s: %d runs share seeds; one run per seed is counted", key[:4], len(members))
     return list(by_seed.values())
 
 
@@ -445,16 +445,17 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
                                   for r in done}
         models[key + (method,)] = {r.get("model.name") for r in done}
     swept = {by_label(k) for k in by}
-    out, reference_found = [], False
+    started_in_order = sorted(started, key=str)
+    out, reference_found, answered = [], False, set()  # answered: the indices of ``others`` that gave a row
     for key, label_list in sorted(labels.items(), key=str):
         if not _at(key[3], reference_pins):
             continue
         mine = cells.get(key + (reference,), {})
         reference_found = reference_found or bool(mine)
-        for other, pins in others:
+        for index, (other, pins) in enumerate(others):
             # the other method at the reference's setting, with its pinned keys at their pins instead
             wanted = {**dict(key[3]), **pins}
-            target = next((k for k in sorted(started, key=str) if k[:3] == key[:3] and k[-1] == other
+            target = next((k for k in started_in_order if k[:3] == key[:3] and k[-1] == other
                            and dict(k[3]).keys() == wanted.keys() and _at(k[3], wanted)), None)
             if target in cells:
                 theirs_key = target
@@ -468,29 +469,22 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
             if not seeds:
                 continue
             theirs = cells[theirs_key]
+            answered.add(index)
             other_split = tuple(item for item in theirs_key[3] if item not in key[3])
             experiment, task, sparsity, split = key
             for i, label in enumerate(label_list):
                 out.append(Difference(experiment, task, float(sparsity), reference, other, label,
                                       [mine[s][i] - theirs[s][i] for s in seeds], seeds, split=split,
                                       other_split=other_split))
-    _warn_unmatched_pins(out, reference_spec if reference_pins and not reference_found else None, others_spec, others)
-    return out
-
-
-def _warn_unmatched_pins(out: Sequence[Difference], unmatched_reference: str | None, others_spec: Sequence[str],
-                         others: Sequence[tuple[str, dict]]) -> None:
-    """A pinned method that yields no row is most likely a misread value or a knob the method does not
-    read (GMP's sigma1_sq is unset): say so rather than print a table without it."""
-    import logging
-
-    unmatched = [unmatched_reference] if unmatched_reference else []
-    unmatched += [spec for spec, (method, pins) in zip(others_spec, others)
-                  if pins and not any(d.other == method for d in out)]
+    # A pinned method that yields no row is most likely a misread value or a knob the method does not
+    # read (GMP's sigma1_sq is unset): say so rather than print a table without it.
+    unmatched = [reference_spec] if reference_pins and not reference_found else []
+    unmatched += [spec for index, (spec, (_, pins)) in enumerate(zip(others_spec, others))
+                  if pins and index not in answered]
     for spec in unmatched:
-        logging.getLogger(__name__).warning(
-            "%s: no finished run to compare at that setting (values compare as numbers; a knob the method does "
-            "not read, such as GMP's sigma1_sq, is unset)", spec)
+        log.warning("%s: no finished run to compare at that setting (values compare as numbers; a knob the method "
+                    "does not read, such as GMP's sigma1_sq, is unset)", spec)
+    return out
 
 
 def _stand_in(cells: dict, models: dict, reference: tuple, method: str, swept: set[str],
