@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 TRAIN_ARGS ?= max_train_samples=8000 trainer.num_train_epochs=2
 ARGS ?=
 
-.PHONY: install train test bench bench-inference study clean
+.PHONY: install train test bench bench-inference study study-report clean
 
 install: $(STAMP)
 
@@ -43,6 +43,11 @@ bench-inference: install
 # interruption. (The earlier 200-step study: experiments/results/study_minilm/run.sh.)
 study: install
 	experiments/results/study_ablation/run.sh
+
+# Only the study's tables and figures, from the runs already in runs/ and followup/ (a few minutes;
+# trains nothing).
+study-report: install
+	REPORT_ONLY=1 experiments/results/study_ablation/run.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

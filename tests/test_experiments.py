@@ -256,6 +256,31 @@ def test_study_queue_runs_every_point_once_in_priority_order():
         assert max(headline) < min(later_rest, default=len(lines))
 
 
+def test_study_report_only_trains_nothing_and_writes_every_reading_table(tmp_path):
+    """REPORT_ONLY=1 (make study-report): no run starts; the study's report, the follow-up's, and the
+    follow-up's three table-only comparisons (L2 - GMP, each prior's two slabs) are made, each
+    into its own folder, every pin a --by key of the call."""
+    import shlex
+    import subprocess
+
+    calls = tmp_path / "calls.txt"
+    fake_python = tmp_path / "python"  # records its arguments instead of running anything
+    fake_python.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {calls}\necho >> {calls}\n')
+    fake_python.chmod(0o755)
+    env = dict(os.environ, REPORT_ONLY="1", PY=str(fake_python))
+    subprocess.run(["bash", str(ROOT / "experiments/results/study_ablation/run.sh")], env=env, check=True,
+                   capture_output=True)
+    invocations = [shlex.split(line) for line in calls.read_text().splitlines()]
+    assert all(args[:2] == ["-m", "mgpp.report"] for args in invocations)
+    outs = [args[args.index("--out") + 1].removeprefix("experiments/results/study_ablation") for args in invocations]
+    assert outs == ["", "/followup", "/followup/comparisons/l2_vs_gmp", "/followup/comparisons/mgpp_by_slab",
+                    "/followup/comparisons/l2_by_slab"]
+    from mgpp.report.__main__ import parse_args
+    for args in invocations[2:]:  # the pins parse against the call's --by keys
+        parsed = parse_args(args[2:])
+        assert parsed.no_figures and parsed.compare
+
+
 def test_study_followup_points_compose_into_their_own_folders():
     """run.sh's follow-up block: each point composes on top of the study, with its prior knobs set,
     in a folder of its own outside the study's grid (so the grid's finished runs still match); its

@@ -13,6 +13,7 @@
 #   BLOCKS=followup SEEDS=1 experiments/results/study_ablation/run.sh                 # the follow-up alone
 #   BLOCKS=mrpc80 SEEDS=3 METHODS="l2 mgpp" experiments/results/study_ablation/run.sh # some methods only
 #   DRY_RUN=1 experiments/results/study_ablation/run.sh                               # print the queue
+#   REPORT_ONLY=1 experiments/results/study_ablation/run.sh   # (make study-report) only the tables and figures
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HYDRA_FULL_ERROR=1
@@ -87,7 +88,7 @@ queue() {
 }
 [ "${DRY_RUN:-0}" = 1 ] && { queue; exit 0; }
 mkdir -p experiments/results/study_ablation/logs
-queue | xargs -P "$JOBS" -L 1 bash -c '
+[ "${REPORT_ONLY:-0}" = 1 ] || queue | xargs -P "$JOBS" -L 1 bash -c '
   name=$(echo "$@" | tr " =" "_-")
   echo "$(date -u +%FT%TZ) start $*"
   if "$0" -m mgpp.train experiment=study_ablation "$@" > "experiments/results/study_ablation/logs/$name.log" 2>&1; then
@@ -99,6 +100,15 @@ queue | xargs -P "$JOBS" -L 1 bash -c '
     --fig2a-methods mgpp,l2
 if [ -d experiments/results/study_ablation/followup ]; then  # beside the study's MRPC runs; by the prior's
   # variances: top-level keys, or the prior block's in runs that predate them
-  "$PY" -m mgpp.report experiments/results/study_ablation/followup experiments/results/study_ablation/runs/mrpc \
-      --by 'sigma0_sq|prior.sigma0_sq' 'sigma1_sq|prior.sigma1_sq' --out experiments/results/study_ablation/followup
+  followup_report() {  # OUT, then report options
+    out=$1; shift
+    "$PY" -m mgpp.report experiments/results/study_ablation/followup experiments/results/study_ablation/runs/mrpc \
+        --by 'sigma0_sq|prior.sigma0_sq' 'sigma1_sq|prior.sigma1_sq' --out "experiments/results/study_ablation/$out" "$@"
+  }
+  followup_report followup
+  # the weak-slab reading's other rows (tables only): L2 against GMP, and each prior's two slabs
+  followup_report followup/comparisons/l2_vs_gmp --no-figures --reference l2 --compare gmp
+  followup_report followup/comparisons/mgpp_by_slab --no-figures \
+      --reference 'mgpp@sigma1_sq=1.0' --compare 'mgpp@sigma1_sq=0.05'
+  followup_report followup/comparisons/l2_by_slab --no-figures --reference 'l2@sigma1_sq=1.0' --compare 'l2@sigma1_sq=0.05'
 fi
