@@ -371,6 +371,16 @@ def test_collapsed_runs_are_marked_and_differences_are_paired_by_seed(tmp_path):
     assert f"| mrpc | 90% | mgpp − l2 | accuracy +9.0 [{9 - half:+.1f}, {9 + half:+.1f}]" in text
 
 
+def test_a_difference_that_rounds_to_zero_reads_plus_zero():
+    """Opposite per-seed differences average to about -1e-16, which must not print as a deficit."""
+    from mgpp.report.tables import Difference, signed
+
+    assert signed(-1e-16) == "+0.0" and signed(-0.04) == "+0.0" and signed(-0.05, 2) == "-0.05"
+    assert signed(0.3) == "+0.3" and signed(-0.3) == "-0.3"
+    diff = Difference("e", "mrpc", 0.9, "mgpp", "l2", "accuracy", [-0.1, -0.2, 0.3], [1, 2, 3])
+    assert diff.mean < 0 and diff.text().startswith("+0.0 [-")  # the mean is -5.6e-17, not 0
+
+
 def test_one_methods_two_settings_are_compared_by_pinning_a_by_key(tmp_path, caplog):
     """``mgpp@sigma1_sq=1.0`` against ``mgpp@sigma1_sq=0.05``: MGPP's slab against itself, paired by
     seed; L2 (no spike: its sigma0_sq is None) pinned the same way stands in at its own setting."""

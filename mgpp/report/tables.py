@@ -371,8 +371,15 @@ class Difference:
 
     def text(self, digits: int = 1) -> str:
         low, high = self.interval()
-        band = "" if math.isnan(low) else f" [{low:+.{digits}f}, {high:+.{digits}f}]"
-        return f"{self.mean:+.{digits}f}{band}"
+        band = "" if math.isnan(low) else f" [{signed(low, digits)}, {signed(high, digits)}]"
+        return f"{signed(self.mean, digits)}{band}"
+
+
+def signed(value: float, digits: int = 1) -> str:
+    """``value`` with its sign, ``+0.0`` for anything that rounds to zero: a mean of exactly opposite
+    differences can come out as -1e-16, and ``-0.0`` would read as a (tiny) deficit."""
+    text = f"{value:+.{digits}f}"
+    return "+" + text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def parse_method_spec(spec: str, by: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
