@@ -44,8 +44,8 @@ bench-inference: install
 study: install
 	experiments/results/study_ablation/run.sh
 
-# Only the study's tables and figures, from the runs already in runs/ and followup/ (a few minutes;
-# trains nothing).
+# Only the study's tables and figures, from the runs already in runs/ and followup/ (about a minute
+# on 2 cores; trains nothing).
 study-report: install
 	REPORT_ONLY=1 experiments/results/study_ablation/run.sh
 

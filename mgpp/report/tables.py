@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Row", "PaperCell", "Difference", "KeptWeights", "by_label", "by_value", "cells_from_runs", "differences",
            "differences_markdown", "group_label", "is_collapsed", "kept_weights", "kept_weights_markdown",
-           "load_experiment_paper", "method_rank", "metric_columns", "paper_cells", "share_below", "summarize",
-           "to_csv", "to_markdown"]
+           "load_experiment_paper", "method_rank", "metric_columns", "paper_cells", "share_below", "signed",
+           "summarize", "to_csv", "to_markdown"]
 
 GROUP_KEYS = ("task.name", "method.name")
 #: config keys that may differ between the seeds of one cell; any other key that differs splits it
