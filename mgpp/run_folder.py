@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = ["RunFolder", "CONFIG_FILE", "LOG_FILE", "METRICS_FILE", "LAYER_FILE", "MODEL_DIR", "CHECKPOINT_DIR",
-           "MASK_FILE", "LAYER_COLUMNS", "NONZERO_HISTOGRAM", "LOG_MAGNITUDE_HISTOGRAM", "RESUME_IGNORES",
+           "MASK_FILE", "LAYER_COLUMNS", "LAYER_SPARSITY", "LAYER_TABLE", "NONZERO_HISTOGRAM", "LOG_MAGNITUDE_HISTOGRAM", "RESUME_IGNORES",
            "config_changes", "checkpoint_problem", "make_checkpoints_atomic", "dashboard_key", "key_aliases", "flatten",
            "portable"]
 
@@ -34,6 +34,9 @@ SCHEDULE_STATE_FILE = "mgpp_schedule.json"  # in each checkpoint: the schedule's
 LAYER_COLUMNS = ("parameter", "weights", "zeros", "sparsity")
 #: the weight histograms a run logs: the nonzero target values, and their log10 magnitudes (Fig. 2a)
 NONZERO_HISTOGRAM, LOG_MAGNITUDE_HISTOGRAM = "weights/nonzero_targets", "weights/nonzero_log10_magnitude"
+#: per target tensor, the sparsity the last prune left (a scalar each, logged right after prunes), and
+#: the table of exact zeros logged with the histograms
+LAYER_SPARSITY, LAYER_TABLE = "sparsity_after_prune/", "zeros_now/per_layer"
 #: config keys that may change between an interrupted run and its resumption
 RESUME_IGNORES = ("output_dir", "resume", "logger", "trainer.disable_tqdm", "paper", "recipe")
 # (an experiment file's paper numbers and its recipe table: what a run uses of the recipe shows in
@@ -42,7 +45,7 @@ RESUME_IGNORES = ("output_dir", "resume", "logger", "trainer.disable_tqdm", "pap
 # -- logged keys ------------------------------------------------------------------------------
 #: the Trainer's own training-log keys, shown under train/ on a dashboard (as the HF W&B integration does)
 TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "epoch", "num_input_tokens_seen")
-PREFIXES = ("train/", "eval/", "pruning/", "weights/", "sparsity/")
+PREFIXES = ("train/", "eval/", "pruning/", "weights/", "sparsity/", LAYER_SPARSITY, "zeros_now/")
 
 
 def dashboard_key(key: str) -> str:

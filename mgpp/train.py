@@ -93,12 +93,19 @@ def _sweep_name() -> str | None:
 
 
 def _wandb_identity(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
-    """Name, group, job type and tags of a run's W&B run, unless the logger config sets them:
-    grouped by experiment and task (and sweep), typed by method, tagged with method, sparsity, seed."""
+    """Name, group, job type and tags of a run's W&B run, unless the logger config sets them: named by
+    model, task, method, sparsity and seed; grouped by the experiment, else the sweep, else task and
+    method (so a group never mixes methods of ad-hoc runs); typed by method; tagged with each."""
     sweep = _sweep_name()
-    group = f"{cfg.experiment_name}/{cfg.task.name}" + (f"/{sweep}" if sweep else "")
-    name = f"{cfg.task.name}-{cfg.method.name}-sparsity{cfg.sparsity:g}-seed{cfg.seed}"
-    tags = [cfg.method.name, cfg.task.name, f"sparsity={cfg.sparsity:g}", f"seed={cfg.seed}", *(node.get("tags") or [])]
+    if cfg.experiment_name != "default":
+        group = cfg.experiment_name
+    elif sweep:
+        group = f"sweep-{sweep}"
+    else:
+        group = f"{cfg.task.name}-{cfg.method.name}"
+    name = f"{cfg.model.name}-{cfg.task.name}-{cfg.method.name}-sparsity{cfg.sparsity:g}-seed{cfg.seed}"
+    tags = [cfg.method.name, cfg.task.name, cfg.model.name, f"sparsity={cfg.sparsity:g}", f"seed={cfg.seed}",
+            *(node.get("tags") or [])]
     return {"group": node.get("group") or group, "job_type": node.get("job_type") or cfg.method.name,
             "name": node.get("name") or name, "tags": list(dict.fromkeys(tags))}
 

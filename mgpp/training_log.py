@@ -1,7 +1,8 @@
 """What a run shows on its dashboards while it trains (``mgpp.report`` makes tables and figures
 after): the Trainer's logs under ``train/`` and ``eval/``, the pruning callback's metrics under
-``pruning/``, and every N steps the weight histograms and the per-layer sparsity (a table, and a
-scalar per layer under ``sparsity/`` so that it plots over time)."""
+``pruning/``, right after each prune (one in ``prune_every`` after ``t_f``) the per-layer sparsity the
+pruner left (a scalar per layer under ``sparsity_after_prune/``, so that it plots over time), and every
+N steps the weight histograms and a per-layer table of the exact zeros at that step."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from transformers import TrainerCallback
 from .callback import PruningCallback
 from .loggers import Histogram, MetricLogger
 from .pruning import reduce_over_ranks
-from .run_folder import LAYER_COLUMNS, LOG_MAGNITUDE_HISTOGRAM, NONZERO_HISTOGRAM, dashboard_key
+from .run_folder import (LAYER_COLUMNS, LAYER_SPARSITY, LAYER_TABLE, LOG_MAGNITUDE_HISTOGRAM, NONZERO_HISTOGRAM,
+                         dashboard_key)
 
 __all__ = ["weight_histogram", "log_magnitude_histogram", "layer_table", "TrainingLogCallback"]
 
@@ -99,6 +101,7 @@ class TrainingLogCallback(TrainerCallback):
         self.logger, self.pruning = logger, pruning
         self.histogram_every, self.bins = histogram_every, histogram_bins
         self.summary: dict[str, float] = {}
+        self._last_prune_logged = -(10**9)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or any(k in logs for k in _TRAIN_SUMMARY_KEYS):
@@ -115,21 +118,46 @@ class TrainingLogCallback(TrainerCallback):
             self.logger.log({dashboard_key(k): v for k, v in logs.items()} | pruning_state, state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
+        t = state.global_step
         # sharded targets: every rank takes part in the reductions, rank 0 logs
-        if self.histogram_every > 0 and state.global_step % self.histogram_every == 0 \
-                and (state.is_world_process_zero or self.pruning.group is not None):
-            self.log_weights(state.global_step, log=state.is_world_process_zero)
+        takes_part = state.is_world_process_zero or self.pruning.group is not None
+        if not takes_part or self.pruning.targets is None:
+            return
+        if self.pruning.pruned_at(t) and (control.should_log or t - self._last_prune_logged >= self._prune_log_gap):
+            self._log_prune(t, with_scalars=not control.should_log, log=state.is_world_process_zero)
+        if self.histogram_every > 0 and t % self.histogram_every == 0:
+            self.log_weights(t, log=state.is_world_process_zero)
+
+    @property
+    def _prune_log_gap(self) -> int:
+        """Steps between logged prunes: every prune of the cubic phase (each ``prune_every`` steps);
+        after ``t_f``, where every step prunes, one in ``prune_every`` (and each logging step)."""
+        return max(1, int(getattr(self.pruning.schedule, "prune_every", 1) or 1))
+
+    def _log_prune(self, step: int, with_scalars: bool, log: bool = True) -> None:
+        """Right after a prune: per-layer sparsity as the pruner left it (``sparsity_after_prune/<layer>``)
+        and, unless the Trainer logs this step anyway (its log carries them), the prune's scalars."""
+        self._last_prune_logged = step
+        scalars = self.pruning.prune_metrics() if with_scalars else {}
+        rows = layer_table(self.pruning)
+        if log:
+            self.logger.log(scalars | {LAYER_SPARSITY + name: sparsity for name, _, _, sparsity in rows}, step)
 
     def log_weights(self, step: int, log: bool = True) -> list[list]:
-        """The weight histograms, the per-layer table and per-layer scalars, logged when ``log``
-        (under sharded training every rank computes them, rank 0 logs); returns the table's rows."""
+        """The weight histograms and the per-layer table (exact zeros now), logged when ``log`` (under
+        sharded training every rank computes them, rank 0 logs); returns the table's rows. The
+        per-layer scalars go with them only where the zeros are the pruner's: right after a prune, or
+        under a fixed mask (between the prunes of the cubic phase momentum moves pruned weights off
+        zero, and a count of exact zeros would read 0 while the target is 0.9)."""
         params, group = self.pruning.targets.params, self.pruning.group
         histograms = {NONZERO_HISTOGRAM: weight_histogram(params, self.bins, group),
                       LOG_MAGNITUDE_HISTOGRAM: log_magnitude_histogram(params, self.bins, group=group)}
         rows = layer_table(self.pruning)
+        exact = self.pruning.pruned_at(step) or (self.pruning.mask is not None and self.pruning.last_prune_step > 0)
         if log:
             for name, histogram in histograms.items():
                 self.logger.log_histogram(name, histogram, step)
-            self.logger.log_table("sparsity/per_layer", LAYER_COLUMNS, rows, step)
-            self.logger.log({f"sparsity/{name}": sparsity for name, _, _, sparsity in rows}, step)
+            self.logger.log_table(LAYER_TABLE, LAYER_COLUMNS, rows, step)
+            if exact:
+                self.logger.log({LAYER_SPARSITY + name: sparsity for name, _, _, sparsity in rows}, step)
         return rows

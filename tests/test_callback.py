@@ -68,9 +68,9 @@ def test_presets_end_at_target_sparsity(tmp_path, name, kwargs, sparsity):
     logged = [r for r in memory.records if r["kind"] == "scalars" and "train/loss" in r]
     assert logged, "no training log"
     last = logged[-1]
-    for key in ["target_sparsity", "sparsity", "threshold", "prior_crossover", "prior_weight", "prior_penalty"]:
+    for key in ["target_sparsity", "zero_fraction_now", "threshold", "prior_crossover", "prior_weight", "prior_penalty"]:
         assert "pruning/" + key in last
-    assert last["pruning/sparsity"] == pytest.approx(sparsity, abs=1e-4)
+    assert last["pruning/zero_fraction_now"] == pytest.approx(sparsity, abs=1e-4)
     assert last["pruning/target_sparsity"] == sparsity
     assert last["pruning/threshold"] > 0
     # the smallest survivor (right after a prune, or under PA's fixed mask)
@@ -257,12 +257,37 @@ def test_logging_asks_the_pruning_callback_and_leaves_the_trainers_logs_alone(tm
     model, pruning, memory = run(tmp_path, preset("gmp", sparsity=0.5, **SCHEDULE))
     scalars = [r for r in memory.records if r["kind"] == "scalars"]
     train = [r for r in scalars if "train/loss" in r]
-    assert {"train/learning_rate", "train/grad_norm", "pruning/sparsity", "pruning/sparsity_after_last_prune",
+    assert {"train/learning_rate", "train/grad_norm", "pruning/zero_fraction_now", "pruning/sparsity_after_last_prune",
             "pruning/target_sparsity"} <= set(train[-1])
     assert not any(k in r for r in scalars for k in ("loss", "train_runtime"))  # prefixed; the summary aside
     steps = [r["step"] for r in train]
     assert len(steps) == len(set(steps)) == STEPS // 6
     assert train[-1]["pruning/sparsity_after_last_prune"] == num_to_prune(0.5, pruning.targets.numel) / pruning.targets.numel
+
+
+def test_per_layer_sparsity_is_logged_right_after_each_prune_and_nothing_reads_0_before(tmp_path):
+    """Logging every 5 steps, pruning every 3 from t_i=4 (then every step after t_f=16): each prune of
+    the cubic phase is logged right after it, and after t_f one prune in 3 plus every logging step;
+    the per-layer sparsities, weighted by size, are the schedule's target there. No threshold or
+    kept-min key is logged before the first prune, and no per-layer value at a step that did not prune."""
+    model, pruning, memory = run(tmp_path, preset("gmp", sparsity=0.8, **SCHEDULE), logging_steps=5)
+    sizes = {n: p.numel() for n, p in zip(pruning.targets.names, pruning.targets.params)}
+    layers = {}
+    for r in memory.records:
+        if r["kind"] == "scalars" and any(k.startswith("sparsity_after_prune/") for k in r):
+            layers[r["step"]] = {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("sparsity_after_prune/")}
+    assert sorted(layers) == [4, 7, 10, 13, 16, 19, 20, 23]  # every prune to t_f=16, then one in 3 and log step 20
+    for step, per_layer in layers.items():
+        assert set(per_layer) == set(sizes)
+        pruned = sum(per_layer[n] * sizes[n] for n in sizes)
+        assert pruned == pytest.approx(pruning.schedule.sparsity(step) * sum(sizes.values()), abs=len(sizes))
+    scalars = [r for r in memory.records if r["kind"] == "scalars"]
+    for r in scalars:
+        if r["step"] < 4:
+            assert not {"pruning/threshold", "pruning/kept_min_magnitude", "pruning/sparsity_after_last_prune"} & set(r)
+    between = [r for r in scalars if r["step"] == 7]  # a prune step that is not a logging step: its own record
+    assert between and between[0]["pruning/target_sparsity"] == pytest.approx(pruning.schedule.sparsity(7))
+    assert between[0]["pruning/kept_min_magnitude"] >= between[0]["pruning/threshold"] > 0
 
 
 def test_a_diverging_run_stops_at_the_step_it_diverges(tmp_path):

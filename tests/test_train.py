@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from mgpp.tasks.glue_data import find_glue_dir, load_glue
 from mgpp.pruning import TargetSelector, num_to_prune
@@ -19,7 +20,7 @@ needs_glue = pytest.mark.skipif(GLUE is None, reason="no local GLUE folder (../s
 QUICK = ["max_train_samples=256", "max_eval_samples=64", "trainer.max_steps=24",
          "trainer.logging_steps=4", "trainer.eval_steps=12", "report.histogram_every=8",
          "trainer.per_device_train_batch_size=16", "trainer.disable_tqdm=true", "trainer.learning_rate=1e-3"]
-PRUNING_KEYS = ["pruning/target_sparsity", "pruning/sparsity", "pruning/threshold", "pruning/kept_min_magnitude",
+PRUNING_KEYS = ["pruning/target_sparsity", "pruning/zero_fraction_now", "pruning/threshold", "pruning/kept_min_magnitude",
                 "pruning/prior_crossover", "pruning/prior_weight", "pruning/prior_penalty"]
 
 
@@ -70,7 +71,7 @@ def test_each_method_end_to_end(tmp_path, method, sparsity):
     assert metrics["eval_accuracy"] == evals[-1]["eval/accuracy"]
     scalar_steps = [r["step"] for r in records if r["kind"] == "scalars" and "train/loss" in r]
     assert len(scalar_steps) == len(set(scalar_steps))
-    layer_keys = {k for r in records if r["kind"] == "scalars" for k in r if k.startswith("sparsity/")}
+    layer_keys = {k for r in records if r["kind"] == "scalars" for k in r if k.startswith("sparsity_after_prune/")}
     assert len(layer_keys) == len(targets)  # per-layer sparsity, plottable over time
     for name in ("weights/nonzero_targets", "weights/nonzero_log10_magnitude"):
         histograms = [r for r in records if r["kind"] == "histogram" and r["name"] == name]
@@ -88,12 +89,45 @@ def test_each_method_end_to_end(tmp_path, method, sparsity):
 def test_multirun_gives_one_run_dir_and_log_each(tmp_path):
     run_train("-m", *QUICK, "model=tiny_bert", "task=mrpc", "method=gmp,mgpp", "logger=[jsonl]", "save_model=false",
               f"hydra.sweep.dir={tmp_path}")
-    logs = sorted(tmp_path.glob("mrpc/*/sparsity0.9_seed42/log.jsonl"))
-    assert [p.parts[-3] for p in logs] == ["gmp", "mgpp"]
+    logs = sorted(tmp_path.glob("mrpc/*/sparsity0.9_seed42/*/log.jsonl"))
+    assert [p.parts[-4] for p in logs] == ["gmp", "mgpp"]
     for log in logs:
         records = read_jsonl(log)
         assert records[-1]["kind"] == "summary" and records[-1]["sparsity"] == pytest.approx(0.9, abs=1e-4)
         assert "eval_f1" in records[-1]
+
+
+@needs_glue
+@pytest.mark.parametrize("sweep", [
+    ["model=tiny_bert,tiny_deberta", "trainer.learning_rate=1e-3,5e-4"],
+    ["model=tiny_bert", "lam=1e-7,1e-6", "task.max_length=32,64"],  # task.max_length: no schema, no +
+])
+def test_every_job_of_a_sweep_gets_its_own_folder_config_and_metrics(tmp_path, sweep):
+    """Jobs that differ in any key never share a folder: each holds its own config, Hydra record and metrics."""
+    short = ["max_train_samples=32", "max_eval_samples=16", "trainer.max_steps=2", "trainer.eval_strategy=no",
+             "trainer.disable_tqdm=true", "save_model=false", "logger=[jsonl]"]
+    run_train("-m", *short, "task=rte", "method=gmp", *sweep, f"hydra.sweep.dir={tmp_path}")
+    folders = sorted(p.parent for p in tmp_path.glob("rte/gmp/sparsity0.9_seed42/*/metrics.json"))
+    swept = [o.split("=")[0] for o in sweep if "," in o]
+    assert len(folders) == 4 and len({f.name for f in folders}) == 4
+    seen = set()
+    for folder in folders:
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
+        values = []
+        for key in swept:
+            node = config
+            for part in key.split("."):
+                node = node[part]
+            value = node["name"] if key == "model" else node
+            values.append(value)
+            # the folder's name, its Hydra record and its config agree
+            written = next(o.split("=", 1)[1] for o in overrides if o.startswith(key + "="))
+            assert f"{key}={written}" in folder.name
+            assert str(value) == written or float(value) == float(written)
+        seen.add(tuple(values))
+        assert json.loads((folder / "metrics.json").read_text())["train_steps"] == 2
+    assert len(seen) == 4  # four configurations, one folder each
 
 
 @pytest.mark.parametrize("override,message", [
@@ -155,7 +189,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     assert steps.count(16) == 2 and steps[-1] == 24  # the log continues: steps 16-24 again after the resume
 
 
-DASHBOARD_KEYS = {"train/loss", "train/learning_rate", "eval/accuracy", "pruning/sparsity", "pruning/target_sparsity",
+DASHBOARD_KEYS = {"train/loss", "train/learning_rate", "eval/accuracy", "pruning/zero_fraction_now", "pruning/target_sparsity",
                   "pruning/kept_min_magnitude", "pruning/prior_penalty", "pruning/regrowth_mean"}
 
 
@@ -167,9 +201,10 @@ def check_dashboards(run_dir, targets):
 
     run_file = next((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     wandb_run = wandb_offline.summary(run_file)
-    assert wandb_run["name"] == "rte-mgpp-sparsity0.9-seed42" and wandb_run["group"] == "default/rte"
-    assert wandb_run["job_type"] == "mgpp" and {"mgpp", "rte", "sparsity=0.9", "seed=42"} <= set(wandb_run["tags"])
-    layer_keys = {f"sparsity/{name}" for name in targets.names}
+    assert wandb_run["name"] == "tiny_bert-rte-mgpp-sparsity0.9-seed42" and wandb_run["group"] == "rte-mgpp"
+    assert wandb_run["job_type"] == "mgpp"
+    assert {"mgpp", "rte", "tiny_bert", "sparsity=0.9", "seed=42"} <= set(wandb_run["tags"])
+    layer_keys = {f"sparsity_after_prune/{name}" for name in targets.names}
     assert DASHBOARD_KEYS | layer_keys <= wandb_run["keys"]
     assert {"weights/nonzero_targets/values", "weights/nonzero_log10_magnitude/values"} <= wandb_run["keys"]
     assert not {"loss", "eval_accuracy"} & wandb_run["keys"]  # no flat Trainer keys
@@ -177,10 +212,38 @@ def check_dashboards(run_dir, targets):
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     tags = events.Tags()
+
+    # per-layer sparsity right after each prune, in both backends: weighted by size, the schedule's
+    # target (logging every 4 steps, pruning every 10 from t_i=2, then every step from t_f=17)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    from mgpp.schedules import CubicSparsity
+
+    schedule = CubicSparsity(config["sparsity"], t_i=config["t_i"], t_f=config["t_f"],
+                             prune_every=config["prune_every"]).bind(24)
+    sizes = {name: p.numel() for name, p in zip(targets.names, targets.params)}
+    wandb_layers = {step: {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("sparsity_after_prune/")}
+                    for step, row in wandb_offline.history(run_file).items()}
+    wandb_layers = {step: layers for step, layers in wandb_layers.items() if layers}
+    tb_layers: dict[int, dict] = {}
+    for name in sizes:
+        for event in events.Scalars(f"sparsity_after_prune/{name}"):
+            tb_layers.setdefault(event.step, {})[name] = event.value
+    assert sorted(wandb_layers) == sorted(tb_layers) and 2 in wandb_layers and 12 in wandb_layers
+    assert [t for t in range(1, 25) if schedule.prunes_at(t) and t < 17] == [2, 12]  # not logging steps
+    for step, layers in tb_layers.items():
+        assert schedule.prunes_at(step) and set(layers) == set(sizes)
+        for per_layer in (layers, wandb_layers[step]):
+            pruned = sum(per_layer[n] * sizes[n] for n in sizes)
+            assert pruned == pytest.approx(schedule.sparsity(step) * sum(sizes.values()), rel=1e-5, abs=len(sizes))
     assert DASHBOARD_KEYS | layer_keys <= set(tags["scalars"])
     assert set(tags["histograms"]) == {"weights/nonzero_targets", "weights/nonzero_log10_magnitude"}
-    assert "hparam/eval_accuracy" in tags["scalars"] and "hparam/eval_runtime" not in tags["scalars"]
-    assert events.PluginTagToContent("hparams"), "no TensorBoard HParams"
+    assert not any(tag.startswith("hparam") for tag in tags["scalars"])  # one name per metric: eval/accuracy
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    columns = [m.name.tag for m in experiment.metric_infos]
+    assert "eval/accuracy" in columns and all(c.startswith("eval/") for c in columns) and "eval/runtime" not in columns
 
 
 @needs_glue

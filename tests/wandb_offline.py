@@ -48,3 +48,20 @@ def summary(path: str | Path) -> dict:
             keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
     return {"name": run.display_name, "group": run.run_group, "job_type": run.job_type, "tags": list(run.tags),
             "keys": keys}
+
+
+def history(path: str | Path) -> dict[int, dict]:
+    """``{step: {key: value}}`` of every history record (numbers only; histograms and tables left out)."""
+    import json
+
+    rows: dict[int, dict] = {}
+    for record in records(path):
+        if record.WhichOneof("record_type") != "history":
+            continue
+        items = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
+        step = int(json.loads(items.pop("_step", "0")))
+        for key, raw in items.items():
+            value = json.loads(raw)
+            if isinstance(value, (int, float)) and not key.startswith("_"):
+                rows.setdefault(step, {})[key] = value
+    return rows
