@@ -16,12 +16,23 @@ and, to deploy what it prunes:
 
 from .methods import PruningMethod, method_names, preset
 from .priors import L2, Laplace, MixtureGaussian, NoPrior, Prior
-from .export import export_sparse, load_sparse
-from .inference import SparseLinear, sparsify_for_inference
 from .pruning import GlobalPruner, MagnitudeScore, NMPruner, TargetSelector, kth_smallest
 from .schedules import CubicSparsity, FixedSparsity, NoPruning, PriorAnnealing
 
 __version__ = "0.1.0"
+
+#: imported on first use, so that ``python -m mgpp.export`` runs a module the package has not loaded yet
+_LAZY = {"export_sparse": "export", "load_sparse": "export", "SparseLinear": "inference",
+         "sparsify_for_inference": "inference"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Prior", "MixtureGaussian", "L2",

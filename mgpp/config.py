@@ -201,6 +201,9 @@ class TrainConfig:
     #: the run folder (Hydra's run dir; null only where Hydra has none, e.g. --cfg job --resolve)
     output_dir: Optional[str] = MISSING
     save_model: bool = True
+    #: the libraries' own output too (transformers' load report and bars, datasets' tokenizing bars,
+    #: the Trainer's raw log dicts and evaluation bars); false: one readable line per logging step
+    verbose: bool = False
     #: rerunning into the same output_dir skips a finished run (its metrics.json) and resumes an
     #: interrupted one from its last checkpoint (trainer.save_strategy); false: always start afresh
     resume: bool = True

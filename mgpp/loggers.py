@@ -149,6 +149,7 @@ class WandbLogger(MetricLogger):
         mode = mode or os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
         env_tags = [t.strip() for t in os.environ.get("WANDB_TAGS", "").split(",") if t.strip()]
         # the run id lives in the run dir, so that a resumed training continues the same W&B run
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
         id_file = Path(run_dir) / "wandb_run_id"
         run_id = id_file.read_text().strip() if resuming and id_file.exists() else secrets.token_hex(4)
         self.files_dir = Path(dir or os.environ.get("WANDB_DIR") or run_dir)
@@ -189,6 +190,9 @@ class WandbLogger(MetricLogger):
 
 class TensorBoardLogger(MetricLogger):
     """TensorBoard event files in ``<run dir>/<subdir>``; at the end, the run's HParams with its final metrics."""
+
+    #: the module it needs and the extra that installs it: checked before a run loads anything
+    requires = ("tensorboard", "tensorboard")
 
     def __init__(self, run_dir, subdir: str = "tensorboard", run_config: dict | None = None, **_: Any):
         from torch.utils.tensorboard import SummaryWriter

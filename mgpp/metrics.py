@@ -12,7 +12,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-__all__ = ["METRICS", "compute", "for_task", "prediction_spread", "rouge"]
+__all__ = ["METRICS", "compute", "for_task", "prediction_spread", "rouge", "collapse_reason", "recorded_chance"]
 
 
 def _labels(predictions: np.ndarray) -> np.ndarray:
@@ -64,6 +64,37 @@ def prediction_spread(predictions: np.ndarray, labels: np.ndarray | None = None)
                 spread["majority_label_fraction"] = float(np.bincount(kept).max() / kept.size)
         return spread
     return {"prediction_std": float(np.std(_scores(predictions)))}
+
+
+#: a classifier whose most frequent predicted class covers this share of the dev set, or a regressor
+#: whose predictions spread less than this (label units), has collapsed
+COLLAPSED_FRACTION, COLLAPSED_STD = 0.99, 0.01
+#: so has a classifier whose accuracy is within this of always predicting the commonest dev label
+CHANCE_MARGIN = 0.01
+LABEL_MAJORITY = "majority_label_fraction"
+
+
+def recorded_chance(metrics: dict) -> dict[str, float]:
+    """``{metric prefix ("eval_"): share of the commonest dev label}`` as a run recorded it."""
+    return {k[: -len(LABEL_MAJORITY)]: float(v) for k, v in metrics.items() if k.endswith(LABEL_MAJORITY)}
+
+
+def collapse_reason(metrics: dict, chance: dict[str, float] | None = None) -> str | None:
+    """Why a model's evaluation says it has collapsed, or None: it predicts (nearly) one class or a
+    constant score, or its accuracy is within ``CHANCE_MARGIN`` of always predicting the commonest label
+    (``chance``: ``{metric prefix: that share}``; default: what ``metrics`` recorded). The rule the
+    report marks runs by, and the console's last line."""
+    chance = chance if chance is not None else recorded_chance(metrics)
+    for key, value in metrics.items():
+        if key.endswith("majority_prediction_fraction") and value >= COLLAPSED_FRACTION:
+            return f"{value:.0%} of its predictions are one class"
+        if key.endswith("prediction_std") and value < COLLAPSED_STD:
+            return f"its predictions spread by {value:.2g} only"
+    for prefix, level in chance.items():
+        accuracy = metrics.get(prefix + "accuracy")
+        if accuracy is not None and accuracy <= level + CHANCE_MARGIN:
+            return f"accuracy {accuracy:.4f} is the commonest label's share ({level:.4f})"
+    return None
 
 
 def for_task(names: Sequence[str]) -> Callable:

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["RunFolder", "CONFIG_FILE", "LOG_FILE", "METRICS_FILE", "LAYER_FILE", "MODEL_DIR", "CHECKPOINT_DIR",
+__all__ = ["RunFolder", "FolderInUse", "CONFIG_FILE", "LOG_FILE", "METRICS_FILE", "LAYER_FILE", "MODEL_DIR", "CHECKPOINT_DIR",
            "MASK_FILE", "LAYER_COLUMNS", "LAYER_SPARSITY", "LAYER_TABLE", "NONZERO_HISTOGRAM", "LOG_MAGNITUDE_HISTOGRAM", "RESUME_IGNORES",
            "config_changes", "checkpoint_problem", "make_checkpoints_atomic", "dashboard_key", "key_aliases", "flatten",
            "portable"]
@@ -38,7 +38,7 @@ NONZERO_HISTOGRAM, LOG_MAGNITUDE_HISTOGRAM = "weights/nonzero_targets", "weights
 #: the table of exact zeros logged with the histograms
 LAYER_SPARSITY, LAYER_TABLE = "sparsity_after_prune/", "zeros_now/per_layer"
 #: config keys that may change between an interrupted run and its resumption
-RESUME_IGNORES = ("output_dir", "resume", "logger", "trainer.disable_tqdm", "paper", "recipe")
+RESUME_IGNORES = ("output_dir", "resume", "logger", "trainer.disable_tqdm", "verbose", "paper", "recipe")
 # (an experiment file's paper numbers and its recipe table: what a run uses of the recipe shows in
 # the resolved trainer/prior/schedule keys, which are compared)
 
@@ -197,6 +197,10 @@ def make_checkpoints_atomic(trainer) -> None:
     trainer._save_checkpoint = atomic_save
 
 
+class FolderInUse(RuntimeError):
+    """Another live run holds the folder."""
+
+
 class RunFolder:
     """The files of one run, and the rules for rerunning into it."""
 
@@ -306,7 +310,7 @@ class RunFolder:
                 if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
                     lock.unlink(missing_ok=True)  # its holder died (kill -9, a crash): take it over
                     continue
-                raise RuntimeError(f"{self.path} is in use by another run (pid {holder.get('pid')} on "
+                raise FolderInUse(f"{self.path} is in use by another run (pid {holder.get('pid')} on "
                                    f"{holder.get('host')}); wait for it, or remove {lock} if that run is gone")
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
@@ -333,6 +337,11 @@ class RunFolder:
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Last of all: marks the run finished."""
         (self.path / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+
+    def tidy(self) -> None:
+        """After a finished run: no empty ``checkpoints/`` (the Trainer makes it whether it saves or not)."""
+        if self.checkpoint_dir.is_dir() and not any(self.checkpoint_dir.iterdir()):
+            self.checkpoint_dir.rmdir()
 
     def forget_metrics(self) -> None:
         (self.path / METRICS_FILE).unlink(missing_ok=True)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,9 @@ from transformers import TrainingArguments, set_seed
 
 from . import config as config_schema
 from .callback import PruningCallback
+from .command_line import (USER_ERRORS, UsageError, check_override_keys, check_plugins, check_requirements, config_dir,
+                           overrides_of, report_error, show_job_config, wants_job_config)
+from .console import final_line, install_console, quiet_libraries
 from .distributed import export_slurm_env
 from .loggers import Loggers
 from .methods import PruningMethod
@@ -41,7 +46,7 @@ from .training_log import TrainingLogCallback
 
 log = logging.getLogger("mgpp.train")
 
-__all__ = ["train", "build_method", "main", "finished_metrics"]
+__all__ = ["train", "prepare", "build_method", "main", "finished_metrics"]
 
 
 def build(node: DictConfig, **kwargs):
@@ -140,6 +145,20 @@ def _final_metrics(task, trainer, eval_sets: dict) -> dict[str, float]:
     return task.evaluate(trainer, eval_sets)  # several splits, or metrics the in-loop evaluation lacks
 
 
+def prepare(cfg: DictConfig):
+    """Every check a run makes before it touches its folder or loads a model or data: the config's
+    values, the optional packages its loggers need, the engine objects and the TrainingArguments it
+    builds. Returns ``(task, method, training_args)``; ``--cfg job`` runs it too."""
+    config_schema.validate(cfg)
+    for name, node in cfg.logger.items():
+        if node is not None:
+            check_requirements(node._target_, f"logger.{name}")
+    task = build(cfg.task)
+    method = build_method(cfg)
+    training_args = _training_arguments(cfg, Path(cfg.output_dir), task)  # a bad trainer.* value fails here
+    return task, method, training_args
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fine-tune and prune as configured; returns the final metrics (also in ``metrics.json``).
 
@@ -148,10 +167,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     close the loggers, whatever happened.
     """
     # -- prepare: every config error before any model or data is loaded
-    config_schema.validate(cfg)
+    quiet_libraries(cfg.verbose)
     export_slurm_env()  # a task of a multi-process SLURM job: its rank, as torchrun would set it
-    task = build(cfg.task)
-    method = build_method(cfg)
+    task, method, training_args = prepare(cfg)
     folder = RunFolder(cfg.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     checkpoint = None
@@ -168,7 +186,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         aside = folder.start_afresh()
         if aside:
             log.info("resume=false: the old checkpoints are moved to %s", aside)
-    training_args = _training_arguments(cfg, folder.path, task)  # a bad trainer.* value fails here, early
     folder.acquire()  # one live run per folder
     try:
         return _run(cfg, task, method, folder, resolved, checkpoint, training_args)
@@ -197,6 +214,7 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
                     "train_size=<the full training set's size> to give it the strength it has on the full set",
                     cfg.max_train_samples, train_size)
     pruning = PruningCallback(method, train_size=train_size, track_regrowth=cfg.report.regrowth).attach(trainer)
+    install_console(trainer, pruning, cfg.task.get("main_metric"), cfg.verbose)
     main_process = trainer.is_world_process_zero()
     loggers = _build_loggers(cfg, folder.path, resolved, checkpoint is not None) if main_process else Loggers([])
     logging_callback = TrainingLogCallback(loggers, pruning, cfg.report.histogram_every, cfg.report.histogram_bins)
@@ -224,10 +242,11 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
                 if whole is not None:
                     save_mask(*whole, folder.model_dir / MASK_FILE)
             folder.write_metrics(metrics)  # last of the run's files: marks it finished
+            folder.tidy()
         exit_code = 0
     finally:
         loggers.finish(logging_callback.summary | metrics, exit_code)
-    log.info("final: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
+    log.info(final_line(metrics, cfg.task.get("main_metric"), time.time() - start))
     return metrics
 
 
@@ -254,18 +273,39 @@ def _whole_targets(pruning: PruningCallback, model_dir: Path) -> tuple[list[str]
     return names, [state[n] for n in names]
 
 
-def config_dir() -> str:
-    """``conf/`` of a source checkout (editable installs, the repository), else the copy a wheel ships."""
-    here = Path(__file__).resolve().parent
-    checkout = here.parent / "conf"
-    return str(checkout if (checkout / "train.yaml").is_file() else here / "conf")
+def _forget_failed_start(cfg: DictConfig) -> None:
+    """A run refused before it started leaves no folder behind: the one Hydra made for it holds only
+    Hydra's own record (``.hydra/``, the job log) and goes; anything else in it stays."""
+    folder = Path(str(cfg.get("output_dir") or ""))
+    if not cfg.get("output_dir") or not folder.is_dir():
+        return
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float:
-    metrics = train(cfg)
+def _hydra_main(cfg: DictConfig) -> float:
+    try:
+        metrics = train(cfg)
+    except USER_ERRORS as err:
+        _forget_failed_start(cfg)
+        sys.exit(report_error(err))
     key = next((k for k in metrics if k.endswith(cfg.task.main_metric)), None)
     return metrics[key] if key else float("nan")  # the value an optimising sweeper maximises
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mgpp.train``: the command line checked (keys, plugins), ``--cfg job`` answered with
+    the checked config, anything else handed to Hydra."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        check_override_keys(overrides_of(argv))
+        check_plugins(overrides_of(argv))
+    except UsageError as err:
+        sys.exit(report_error(err))
+    if wants_job_config(argv):
+        sys.exit(show_job_config(argv, check=prepare))
+    _hydra_main()
 
 
 if __name__ == "__main__":

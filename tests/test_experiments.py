@@ -227,7 +227,7 @@ def test_optuna_sweep_resumes_from_its_sqlite_study(tmp_path):
     assert "2 of 3 trials finished" in second.stdout + second.stderr
     study = optuna.load_study(study_name="mgpp_rte_sparsity0.9", storage=f"sqlite:///{sweep}/optuna.db")
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 3
-    assert len(list(sweep.glob("*/metrics.json"))) == 3
+    assert len(list(sweep.rglob("metrics.json"))) == 3
 
 
 def test_study_queue_runs_every_point_once_in_priority_order():

@@ -62,8 +62,9 @@ def test_each_method_end_to_end(tmp_path, method, sparsity):
     records = read_jsonl(tmp_path / "log.jsonl")
     train_logs = [r for r in records if r["kind"] == "scalars" and "train/loss" in r]
     assert len(train_logs) == 6  # every 4 of 24 steps
+    never_pruned = {"pruning/threshold", "pruning/kept_min_magnitude"} if method == "dense" else set()
     for key in ["train/loss", "train/learning_rate", *PRUNING_KEYS]:
-        assert key in train_logs[-1], key
+        assert (key in train_logs[-1]) == (key not in never_pruned), key  # dense: no threshold logged as 0
     if method in ("gmp", "l2", "mgpp"):  # pruned again after t_f: the previous prune's zeros measured
         assert {"pruning/regrowth_mean", "pruning/regrowth_max"} <= set(train_logs[-1])
     evals = [r for r in records if r["kind"] == "scalars" and "eval/accuracy" in r]
@@ -72,7 +73,7 @@ def test_each_method_end_to_end(tmp_path, method, sparsity):
     scalar_steps = [r["step"] for r in records if r["kind"] == "scalars" and "train/loss" in r]
     assert len(scalar_steps) == len(set(scalar_steps))
     layer_keys = {k for r in records if r["kind"] == "scalars" for k in r if k.startswith("sparsity_after_prune/")}
-    assert len(layer_keys) == len(targets)  # per-layer sparsity, plottable over time
+    assert len(layer_keys) == (0 if method == "dense" else len(targets))  # per-layer, after each prune
     for name in ("weights/nonzero_targets", "weights/nonzero_log10_magnitude"):
         histograms = [r for r in records if r["kind"] == "histogram" and r["name"] == name]
         assert [h["step"] for h in histograms] == [8, 16, 24, 24]
@@ -81,6 +82,10 @@ def test_each_method_end_to_end(tmp_path, method, sparsity):
     assert tables and len(tables[-1]["rows"]) == len(targets)
     assert records[-1]["kind"] == "summary" and records[-1]["sparsity"] == metrics["sparsity"]
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "layer_sparsity.csv").is_file()
+    assert not (tmp_path / "checkpoints").exists()  # no empty folder left when nothing was saved
+    console = proc.stdout + proc.stderr
+    assert "step 24/24 | loss " in console and "step 24/24 | eval accuracy " in console and "done: accuracy " in console
+    assert "MISSING" not in console and "{'loss'" not in console  # no load report, no raw Trainer dicts
     if method == "mgpp":
         check_dashboards(tmp_path, targets)
 

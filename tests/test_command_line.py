@@ -1,0 +1,156 @@
+"""``python -m mgpp.train`` as a person meets it: errors as one line naming the key (no traceback unless
+HYDRA_FULL_ERROR=1), ``--cfg job`` short and checked, optional parts checked before anything loads,
+no folder left by a refused start, and a console line per logging step."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mgpp.command_line import UsageError, check_override_keys, check_plugins, check_requirements, overrides_of
+from mgpp.console import final_line, step_line
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mgpp_train(*args, env=None):
+    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "WANDB_MODE": "offline",
+           "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mgpp.train", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def run_main(capsys, *argv):
+    """``python -m mgpp.train <argv>`` in this process, for what it decides before Hydra runs a job:
+    (exit status, stdout, stderr)."""
+    from mgpp.train import main
+
+    try:
+        main(list(argv))
+        status = 0
+    except SystemExit as done:
+        status = done.code
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+@pytest.mark.parametrize("override,message", [
+    ("sparsty=0.8", "unknown config key 'sparsty' (did you mean sparsity?)"),
+    ("+sparsty=0.8", "unknown config key 'sparsty' (did you mean sparsity?)"),
+    ("trainer.lerning_rate=1e-4", "unknown config key 'trainer.lerning_rate' (did you mean trainer.learning_rate?)"),
+])
+def test_a_misspelt_key_gets_the_nearest_one_and_no_traceback(capsys, override, message):
+    status, out, err = run_main(capsys, "model=tiny_bert", override)
+    assert status != 0 and message in err and "Traceback" not in out + err
+
+
+def test_config_job_prints_what_was_set_and_checks_it(capsys):
+    status, out, err = run_main(capsys, "--cfg", "job")
+    assert status == 0, err
+    lines = out.splitlines()
+    assert len(lines) < 130 and "trackio_space_id" not in out and "  learning_rate: 5.0e-05" in lines
+    status, out, _ = run_main(capsys, "--cfg", "job", "--all")
+    assert status == 0 and "trackio_space_id" in out and len(out.splitlines()) > 150
+    _, out, _ = run_main(capsys, "--cfg", "job", "trainer.push_to_hub=true")  # set on the command line: shown
+    assert "  push_to_hub: true" in out.splitlines()
+    for bad, message in [("sparsity=1.5", "sparsity must lie in [0, 1), got sparsity=1.5"),
+                         ("trainer.gradient_accumulation_steps=0", "trainer.gradient_accumulation_steps"),
+                         ("lam=2", "lam")]:
+        status, _, err = run_main(capsys, "--cfg", "job", bad)
+        assert status != 0 and message in err and "Traceback" not in err, (bad, err[-2000:])
+
+
+def test_a_refused_run_prints_one_line_and_leaves_no_folder(tmp_path):
+    folder = tmp_path / "run"
+    proc = mgpp_train("model=tiny_bert", "sparsity=1.5", f"hydra.run.dir={folder}")
+    assert proc.returncode != 0 and "mgpp: error: sparsity must lie in [0, 1)" in proc.stderr
+    assert "Traceback" not in proc.stderr and not folder.exists()
+    full = mgpp_train("model=tiny_bert", "sparsity=1.5", f"hydra.run.dir={folder}", env={"HYDRA_FULL_ERROR": "1"})
+    assert full.returncode != 0 and "Traceback" in full.stderr
+
+
+def test_a_folder_in_use_is_refused_in_one_line(tmp_path):
+    import json
+    import socket
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    proc = mgpp_train("model=tiny_bert", "task=rte", "logger=[jsonl]", f"hydra.run.dir={folder}")
+    assert proc.returncode != 0 and "is in use by another run" in proc.stderr and "Traceback" not in proc.stderr
+    assert (folder / "run.lock").exists()  # the live run's folder is left as it was
+
+
+def test_optional_parts_are_checked_before_anything_loads(monkeypatch):
+    import mgpp.command_line as command_line
+
+    monkeypatch.setattr(command_line, "_installed", lambda module: False)
+    with pytest.raises(UsageError, match=r"pip install 'mgpp\[tensorboard\]'"):
+        check_requirements("mgpp.loggers.TensorBoardLogger", "logger.tensorboard")
+    check_requirements("mgpp.loggers.JSONLLogger", "logger.jsonl")  # needs nothing
+    with pytest.raises(UsageError, match=r"hydra_optuna_sweeper: pip install 'mgpp\[sweeps\]'"):
+        check_plugins(["sweep=optuna", "task=mrpc"])
+    with pytest.raises(UsageError, match=r"hydra_joblib_launcher: pip install 'mgpp\[sweeps\]'"):
+        check_plugins(["hydra/launcher=local_parallel"])
+    with pytest.raises(UsageError, match=r"hydra_submitit_launcher"):
+        check_plugins(["hydra/launcher=slurm"])
+    check_plugins(["sweep=ablation_grid", "task=mrpc"])  # the basic sweeper: no plugin
+
+
+def test_prepare_refuses_a_missing_logger_extra_by_name(monkeypatch):
+    """What train() runs before the run folder, the model or the data: a missing extra fails there."""
+    from hydra import compose, initialize_config_dir
+
+    import mgpp.command_line as command_line
+    from mgpp.train import config_dir, prepare
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["model=tiny_bert", "logger=[jsonl,tensorboard]", "output_dir=/nonexistent"])
+    monkeypatch.setattr(command_line, "_installed", lambda module: module != "tensorboard")
+    with pytest.raises(UsageError, match=r"logger.tensorboard needs the package tensorboard"):
+        prepare(cfg)
+
+
+def test_override_keys_of_untyped_nodes_and_groups_pass_to_hydra():
+    check_override_keys(["model=tiny_bert", "task.max_length=64", "+prior.extra=1", "hydra.run.dir=x",
+                         "hydra/launcher=basic", "logger.wandb.project=p", "~logger.wandb", "trainer.push_to_hub=true"])
+    assert overrides_of(["-m", "--cfg", "job", "-cn", "train", "a=1", "--resolve", "b=2"]) == ["a=1", "b=2"]
+
+
+class _Schedule:
+    def sparsity(self, t):
+        return 0.9 if t >= 20 else 0.5
+
+
+class _Pruning:
+    targets, schedule, sparsity_after_prune = [object()], _Schedule(), 0.42
+
+
+def test_console_lines_say_step_loss_sparsity_and_the_eval_metric():
+    pruning = _Pruning()
+    pruning.last_prune_step = 12
+    line = step_line(15, 120, {"loss": 0.61234, "learning_rate": 4.2e-5, "epoch": 0.5}, pruning, "accuracy")
+    assert line == "step  15/120 | loss 0.6123 | lr 4.20e-05 | sparsity 0.420 at step 12 (target 0.500)"
+    pruning.last_prune_step = 20
+    assert step_line(20, 120, {"loss": 0.5}, pruning).endswith("sparsity 0.420 (target 0.900)")
+    pruning.last_prune_step = 0  # no prune yet: no sparsity claimed
+    assert "sparsity" not in step_line(5, 120, {"loss": 0.5}, pruning)
+    evaluation = {"eval_loss": 0.43, "eval_f1": 0.85, "eval_accuracy": 0.8125, "eval_runtime": 3.2,
+                  "eval_majority_prediction_fraction": 0.6}
+    assert step_line(40, 120, evaluation, None, "accuracy") == \
+        "step  40/120 | eval accuracy 0.8125 | eval f1 0.85 | eval loss 0.43"
+    assert step_line(40, 120, {"train_runtime": 3.0}, None) is None
+
+
+def test_the_last_line_flags_a_collapsed_model():
+    good = {"eval_accuracy": 0.81, "eval_majority_prediction_fraction": 0.6, "eval_majority_label_fraction": 0.55,
+            "sparsity": 0.9, "target_sparsity": 0.9}
+    assert final_line(good, "accuracy", 125) == "done: accuracy 0.81, sparsity 0.9000 (target 0.9), 2 min 5 s"
+    one_class = good | {"eval_majority_prediction_fraction": 1.0, "eval_accuracy": 0.55}
+    assert "COLLAPSED: 100% of its predictions are one class" in final_line(one_class, "accuracy", 5)
+    at_chance = good | {"eval_accuracy": 0.555}
+    assert "COLLAPSED: accuracy 0.5550 is the commonest label's share (0.5500)" in final_line(at_chance, "accuracy", 5)
+    constant = {"eval_pearson": 0.01, "eval_prediction_std": 0.001}
+    assert "COLLAPSED" in final_line(constant, "pearson", 5)
