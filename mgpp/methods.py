@@ -46,7 +46,7 @@ class PruningMethod:
 
 
 def _conf() -> Path:
-    from .train import config_dir
+    from .command_line import config_dir
 
     return Path(config_dir())
 

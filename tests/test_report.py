@@ -288,11 +288,34 @@ def test_cli_writes_markdown_csv_and_pngs(tmp_path, capsys):
         assert (out / "figures" / name).read_bytes()[:8] == PNG_MAGIC
 
 
-def test_cli_needs_something_to_read():
+def test_cli_needs_something_to_read(tmp_path, capsys, monkeypatch):
+    """A missing path, or folders without a finished run, is one line naming them and exit status 1;
+    the traceback only with --debug or HYDRA_FULL_ERROR=1."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit):
         report_main([])
+    capsys.readouterr()
+    assert report_main(["/nonexistent/sweep", "--no-figures", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["python -m mgpp.report: error: no such run or sweep folder (nor experiment file): /nonexistent/sweep"]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(FileNotFoundError, match="no such run"):
+        report_main(["/nonexistent/sweep", "--no-figures", "--debug"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(FileNotFoundError, match="no such run"):
         report_main(["/nonexistent/sweep", "--no-figures"])
+    monkeypatch.delenv("HYDRA_FULL_ERROR")
+    # a folder of unfinished runs only (and one of no runs at all)
+    unfinished = tmp_path / "runs" / "mrpc" / "mgpp" / "sparsity0.9_seed1"
+    unfinished.mkdir(parents=True)
+    (unfinished / "config.yaml").write_text(yaml.safe_dump({"experiment_name": "fake", "seed": 1, "sparsity": 0.9,
+                                                             "method": {"name": "mgpp"}, "task": {"name": "mrpc"}}))
+    (tmp_path / "empty").mkdir()
+    for folder, says in (("runs", "no finished run in {}: 1 runs found, none finished"), ("empty", "no run found in {}")):
+        assert report_main([str(tmp_path / folder), "--no-figures", "--out", str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says.format(tmp_path / folder) in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 @needs_glue
@@ -306,7 +329,7 @@ def test_report_on_real_tiny_runs(tmp_path):
     assert {(r["method"], r["metric"]) for r in lines} == {("gmp", "accuracy"), ("mgpp", "accuracy")}
     for line in lines:
         accs = [100 * json.loads(p.read_text())["eval_accuracy"]
-                for p in (tmp_path / "sweep" / "rte" / line["method"]).glob("*/metrics.json")]
+                for p in (tmp_path / "sweep" / "rte" / line["method"]).rglob("metrics.json")]
         assert len(accs) == 2 and line["seeds"] == "1 2"
         assert float(line["mean"]) == pytest.approx(statistics.fmean(accs), abs=1e-4)
         assert float(line["std"]) == pytest.approx(statistics.stdev(accs), abs=1e-4)
@@ -469,7 +492,9 @@ def test_the_gap_change_between_sparsities_is_paired_by_seed(tmp_path):
     assert change.diffs == pytest.approx([3.0, 4.0, 2.0]) and change.mean == pytest.approx(3.0)
     assert "| mrpc | 80% → 90% | mgpp − l2 | accuracy +3.0 [" in differences_markdown(diffs)
 
-    # a second prior setting at 90% only (as a follow-up sweep adds): split apart, never paired with 80%
+    # a second prior setting at 90% only (as a follow-up sweep adds): split apart, never paired with 80%;
+    # every row of the table then names its lam (the 80% ones too), so the 80% cells pair with the 90%
+    # cells at their own lam whether --by names the key or not
     for method, acc in (("mgpp", 0.72), ("l2", 0.71)):
         fake_run(tmp_path / "variant", method, 1, acc, acc)
         config = tmp_path / "variant" / "mrpc" / method / "sparsity0.9_seed1" / "config.yaml"
@@ -478,7 +503,7 @@ def test_the_gap_change_between_sparsities_is_paired_by_seed(tmp_path):
     for by in ((), ("prior.lam",)):
         changes = [c for c in gap_changes(differences(runs, others=("l2",), by=by)) if c.label == "accuracy"]
         assert all(c.from_sparsity < c.sparsity for c in changes)
-        assert [c.diffs for c in changes] == ([[3.0, 4.0, 2.0]] if by else [])  # pairable only when named
+        assert [c.diffs for c in changes] == [[3.0, 4.0, 2.0]]
     text = differences_markdown(differences(runs, others=("l2",), by=("prior.lam",)))
     assert "| mrpc | 90% | mgpp − l2 (prior.lam=1e-05) | accuracy +1.0" in text
 

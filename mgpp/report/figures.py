@@ -16,8 +16,10 @@ import torch
 from ..priors import L2, Laplace, MixtureGaussian, Prior
 from ..run_folder import LOG_MAGNITUDE_HISTOGRAM, NONZERO_HISTOGRAM
 from .runs import Run
+from .tables import target_sparsity
 
-__all__ = ["penalty", "figure1_curves", "figure1", "figure_a1", "figure2a", "figure2b", "figure_dev_curves"]
+__all__ = ["penalty", "figure1_curves", "figure1", "figure_a1", "figure2a", "figure2a_histograms", "draw_figure2a",
+           "figure2b", "draw_figure2b", "figure_dev_curves"]
 
 
 def _pyplot():
@@ -101,17 +103,6 @@ def _method(label: str) -> str:
     return label.partition(" (")[0]
 
 
-def _one_run_per_label(groups: dict[str, Sequence[Run]], methods: Sequence[str]) -> dict[str, Run]:
-    """The lowest-seed run with a log of each group whose method is in ``methods``, in the groups' order."""
-    chosen: dict[str, Run] = {}
-    for label, runs in groups.items():
-        if _method(label) in methods:
-            logged = [r for r in sorted(runs, key=lambda r: r.get("seed", 0)) if r.records]
-            if logged:
-                chosen[label] = logged[0]
-    return chosen
-
-
 #: one colour, line style and marker per method, the same in every figure, so that lines that
 #: overlap stay distinguishable (and readable in grey scale)
 METHOD_STYLE = {
@@ -171,59 +162,95 @@ def _legend(ax, beside: bool, fontsize: int = 8, ncol: int = 1) -> None:
         ax.legend(fontsize=fontsize, ncol=ncol)
 
 
-def figure2a(groups: dict[str, Sequence[Run]], path: str | Path, methods: Sequence[str] = ("mgpp", "l2"),
-             title: str = "", styles: dict[str, dict] | None = None) -> Path | None:
-    """Distribution of the remaining nonzero target weights at the end of training, one line per
-    group (``{label: runs}``, the label starting with the method; its lowest seed), styled by
-    ``styles`` (default: :func:`label_styles` of the groups).
+def _prunes(run: Run) -> bool:
+    """Whether ``run`` pruned anything: a dense run (target sparsity 0) has no kept/pruned boundary."""
+    return target_sparsity(run) > 0
 
-    Log-magnitude bins (they show how far the survivors sit from zero) for every run that logged
-    them; a run whose log has only linear bins (older logs) gets a linear panel of its own.
-    """
-    chosen = _one_run_per_label(groups, methods)
-    styles = {**label_styles(groups), **(styles or {})}  # a label the given styles lack still gets one
+
+def figure2a_histograms(groups: dict[str, Sequence[Run]],
+                        methods: Sequence[str] | None = None) -> list[tuple[dict, bool]]:
+    """What Fig. 2a draws: ``[({label: {seed: histogram}}, log_scale)]``, a panel per kind of histogram
+    (log-magnitude bins first; linear bins for runs whose older logs lack them), every seed of every
+    group whose method prunes (dense does not) and is in ``methods`` (None: all). Every seed, so that
+    a difference between methods can be told from one between seeds."""
     panels = []
+    drawn: set[int] = set()
     for name, log_scale in ((LOG_MAGNITUDE_HISTOGRAM, True), (NONZERO_HISTOGRAM, False)):
-        hists = {}
-        for label, run in chosen.items():
-            if any(label in drawn for drawn, _ in panels):
+        hists: dict[str, dict] = {}
+        for label, runs in groups.items():
+            if methods is not None and _method(label) not in methods:
                 continue
-            h = run.last_histogram(name)
-            if h and h["num"] > 0:
-                hists[label] = h
+            for run in sorted((r for r in runs if _prunes(r)), key=lambda r: r.get("seed", 0)):
+                h = run.last_histogram(name)
+                if id(run) not in drawn and h and h.get("num"):
+                    hists.setdefault(label, {})[run.get("seed")] = h
+                    drawn.add(id(run))
         if hists:
             panels.append((hists, log_scale))
+    return panels
+
+
+def draw_figure2a(groups: dict[str, Sequence[Run]], methods: Sequence[str] | None = None, title: str = "",
+                  styles: dict[str, dict] | None = None):
+    """Fig. 2a as a matplotlib figure (None when no run logged a histogram): see :func:`figure2a`."""
+    panels = figure2a_histograms(groups, methods)
     if not panels:
         return None
+    styles = {**label_styles(groups), **(styles or {})}  # a label the given styles lack still gets one
     plt = _pyplot()
-    wide = len(chosen) > LEGEND_BESIDE
+    wide = len({label for hists, _ in panels for label in hists}) > LEGEND_BESIDE
     fig, axes = plt.subplots(1, len(panels), figsize=((9.5 if wide else 6.5) * len(panels), 4), squeeze=False)
     for ax, (hists, log_scale) in zip(axes[0], panels):
-        _draw_histograms(ax, hists, chosen, styles, log_scale)
+        _draw_histograms(ax, hists, styles, log_scale)
         _legend(ax, wide)
     fig.suptitle(f"Fig. 2a: remaining weights {title}".strip())
-    return _save(fig, path)
+    return fig
 
 
-def _draw_histograms(ax, hists: dict, chosen: dict, styles: dict, log_scale: bool) -> None:
-    for i, (label, h) in enumerate(hists.items()):
-        edges, counts = np.asarray(h["edges"]), np.asarray(h["counts"], dtype=float)
-        if log_scale:
-            edges = 10.0 ** edges
-        density = counts / counts.sum()
+def figure2a(groups: dict[str, Sequence[Run]], path: str | Path, methods: Sequence[str] | None = None,
+             title: str = "", styles: dict[str, dict] | None = None) -> Path | None:
+    """Distribution of the remaining nonzero target weights at the end of training: a line per seed of
+    every group (``{label: runs}``, the label starting with the method) whose method prunes and is in
+    ``methods`` (None: every one), the seeds of a group in its style (``styles``; default:
+    :func:`label_styles` of the groups). Log-magnitude bins (they show how far the survivors sit from
+    zero) for every run that logged them; runs whose log has only linear bins (older logs) get a
+    linear panel of their own. None when no run logged a histogram."""
+    fig = draw_figure2a(groups, methods, title, styles)
+    return _save(fig, path) if fig is not None else None
+
+
+def _seed_text(hists: dict) -> str:
+    """``seeds 1, 2, 3; 1,234 nonzero`` (a range where the seeds kept different counts)."""
+    seeds = ", ".join(map(str, hists))
+    nums = sorted(int(h["num"]) for h in hists.values())
+    kept = f"{nums[0]:,}" if nums[0] == nums[-1] else f"{nums[0]:,}–{nums[-1]:,}"
+    return f"seed{'s' * (len(hists) > 1)} {seeds}; {kept} nonzero"
+
+
+def _draw_histograms(ax, hists: dict[str, dict], styles: dict, log_scale: bool) -> None:
+    """A stairs line per seed (its ``gid``: ``"<label> seed <seed>"``), in its group's colour and line
+    style; one legend entry per group, naming its seeds."""
+    for i, (label, by_seed) in enumerate(hists.items()):
         kw = styles[label]
-        # earlier lines drawn wider, so a later one on top of the same steps leaves them visible
-        ax.stairs(density, edges, color=kw["color"], ls=kw["ls"], lw=max(3.0 - 1.0 * i, 1.0),
-                  label=f"{label} (seed {chosen[label].get('seed')}, {h['num']:,} nonzero)")
-        centers = (edges[:-1] + edges[1:]) / 2 if not log_scale else np.sqrt(edges[:-1] * edges[1:])
-        if kw.get("marker"):  # markers at bin centres, staggered per method, tell overlapping steps apart
-            every = max(len(centers) // 16, 2)
-            ax.plot(centers, density, ls="none", marker=kw["marker"], color=kw["color"], ms=4,
-                    markevery=(i % every, every), label="_nolegend_")
+        for j, (seed, h) in enumerate(by_seed.items()):
+            edges, counts = np.asarray(h["edges"], dtype=float), np.asarray(h["counts"], dtype=float)
+            if log_scale:
+                edges = 10.0 ** edges
+            density = counts / counts.sum()
+            # earlier groups drawn wider, so a later one on top of the same steps leaves them visible
+            ax.stairs(density, edges, color=kw["color"], ls=kw["ls"], lw=max(2.5 - 0.75 * i, 1.0), alpha=0.8,
+                      label=f"{label} ({_seed_text(by_seed)})" if j == 0 else "_nolegend_",
+                      gid=f"{label} seed {seed}")
+            if kw.get("marker") and j == 0:  # markers at bin centres, staggered per group, tell overlaps apart
+                centers = np.sqrt(edges[:-1] * edges[1:]) if log_scale else (edges[:-1] + edges[1:]) / 2
+                every = max(len(centers) // 16, 2)
+                ax.plot(centers, density, ls="none", marker=kw["marker"], color=kw["color"], ms=4,
+                        markevery=(i % every, every), label="_nolegend_")
     if log_scale:
         ax.set_xscale("log")
         ax.set_xlabel("|remaining nonzero weight| (log-magnitude bins)")
-        occupied = [10.0 ** h["edges"][i] for h in hists.values() for i, c in enumerate(h["counts"]) if c]
+        occupied = [10.0 ** h["edges"][i] for by_seed in hists.values() for h in by_seed.values()
+                    for i, c in enumerate(h["counts"]) if c]
         ax.set_xlim(left=min(occupied) / 3)
     else:
         ax.set_yscale("log")
@@ -231,44 +258,110 @@ def _draw_histograms(ax, hists: dict, chosen: dict, styles: dict, log_scale: boo
     ax.set_ylabel("fraction of nonzero weights per bin")
 
 
-def figure2b(groups: dict[str, Sequence[Run]], path: str | Path,
-             methods: Sequence[str] = ("mgpp", "l2", "gmp", "pa"), title: str = "",
-             styles: dict[str, dict] | None = None) -> Path | None:
-    """The kept/pruned boundary over training (the smallest surviving |theta| right after each logged
-    prune; the largest pruned score for older logs), and, on a second panel, the regrowth: the mean
-    |theta| the weights zeroed by the previous prune had reached before the next one. One line per
-    group (``{label: runs}``; its lowest seed), styled as in :func:`figure2a`."""
+#: a series with at most this many points gets a marker on each, whatever its style, so that a short
+#: run's few prunes show as points rather than as a line too short to see
+FEW_POINTS = 12
+
+
+def _series_style(kw: dict, points: int) -> dict:
+    """:func:`_with_points` of ``kw``, with a marker on every point of a short series."""
+    kw = _with_points(kw, points)
+    if points <= FEW_POINTS:
+        kw["marker"] = kw.get("marker") or "o"
+        kw["markevery"] = 1
+    return kw
+
+
+def _plot_series(ax, series: list[tuple[int, float]], label: str, kw: dict, name_single: bool = True,
+                 **line) -> bool:
+    """Plot ``series`` (``[(step, value)]``); a single point is drawn as a marker (and, with
+    ``name_single``, named as one in the legend). Whether it was a single point."""
+    single = len(series) == 1
+    if single and name_single:
+        label += f" (one logged point, step {series[0][0]})"
+    ax.plot(*zip(*series), label=label, **line, **_series_style(kw, len(series)))
+    return single
+
+
+def _one_run_per_label(groups: dict[str, Sequence[Run]], methods: Sequence[str] | None) -> dict[str, Run]:
+    """The lowest-seed run with a log of each group whose method prunes and is in ``methods`` (None:
+    all), in the groups' order."""
+    chosen: dict[str, Run] = {}
+    for label, runs in groups.items():
+        if methods is None or _method(label) in methods:
+            logged = [r for r in sorted(runs, key=lambda r: r.get("seed", 0)) if r.records and _prunes(r)]
+            if logged:
+                chosen[label] = logged[0]
+    return chosen
+
+
+def draw_figure2b(groups: dict[str, Sequence[Run]], methods: Sequence[str] | None = None, title: str = "",
+                  styles: dict[str, dict] | None = None):
+    """Fig. 2b as a matplotlib figure (None when no run logged a boundary): see :func:`figure2b`."""
     chosen = _one_run_per_label(groups, methods)
     styles = {**label_styles(groups), **(styles or {})}  # a label the given styles lack still gets one
     plt = _pyplot()
     wide = len(chosen) > LEGEND_BESIDE
     fig, (ax, ax_regrowth) = plt.subplots(2, 1, figsize=(9.5 if wide else 6.5, 6), sharex=True, height_ratios=[2, 1])
-    drawn = False
+    singles = []
     for label, run in chosen.items():
         kept = _positive(*run.scalars("pruning/kept_min_magnitude"))
         series, what = (kept, "smallest kept |θ|") if kept else (_positive(*run.scalars("pruning/threshold")),
                                                                  "largest pruned |θ|")
         if series:
-            ax.plot(*zip(*series), label=f"{label}: {what}", lw=1.4, ms=4, **_with_points(styles[label], len(series)))
-            drawn = True
+            singles.append(_plot_series(ax, series, f"{label}: {what}", styles[label], lw=1.4, ms=4))
         regrowth = _positive(*run.scalars("pruning/regrowth_mean"))
         if regrowth:
-            ax_regrowth.plot(*zip(*regrowth), label=label, lw=1, ms=3, **_with_points(styles[label], len(regrowth)))
-    if not drawn:
+            _plot_series(ax_regrowth, regrowth, label, styles[label], name_single=False, lw=1, ms=3)
+    if not singles:
         plt.close(fig)
         return None
     ax.set_yscale("log")
     ax.set_ylabel("kept/pruned boundary |θ|")
-    ax.set_title(f"Fig. 2b: the magnitude threshold over training {title}".strip())
+    heading = f"Fig. 2b: the magnitude threshold over training {title}".strip()
+    if all(singles):  # said above the axes, where no point can sit under it
+        heading += f"\n{ONE_PRUNE_NOTE}"
+        _spread_single_points(ax, ax_regrowth)
+    ax.set_title(heading)
     _legend(ax, wide)
     if ax_regrowth.lines:
         ax_regrowth.set_yscale("log")
         _legend(ax_regrowth, wide, fontsize=7, ncol=len(ax_regrowth.lines))
     else:
-        ax_regrowth.text(0.5, 0.5, "no regrowth logged", ha="center", va="center", transform=ax_regrowth.transAxes)
+        _note(ax_regrowth, "no regrowth logged")
     ax_regrowth.set_ylabel("regrowth: mean |θ|\nof last prune's zeros")
     ax_regrowth.set_xlabel("step")
-    return _save(fig, path)
+    return fig
+
+
+#: Fig. 2b's heading when every run logged a single prune (a short run)
+ONE_PRUNE_NOTE = "each run logged one prune: a point per run, no curve"
+
+
+def _spread_single_points(*axes) -> None:
+    """Axes of single points: the steps from 0, and room above and below the points for the legend."""
+    for ax in axes:
+        ax.margins(y=0.25)
+    steps = [x for ax in axes for line in ax.lines for x in line.get_xdata()]
+    axes[0].set_xlim(0, 1.15 * max(steps))
+
+
+def _note(ax, text: str) -> None:
+    """``text`` inside ``ax``, centred: what the axes do not show, and why."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+
+
+def figure2b(groups: dict[str, Sequence[Run]], path: str | Path, methods: Sequence[str] | None = None,
+             title: str = "", styles: dict[str, dict] | None = None) -> Path | None:
+    """The kept/pruned boundary over training (the smallest surviving |theta| right after each logged
+    prune; the largest pruned score for older logs), and, on a second panel, the regrowth: the mean
+    |theta| the weights zeroed by the previous prune had reached before the next one. One line per
+    group (``{label: runs}``; its lowest seed) whose method prunes and is in ``methods`` (None: all),
+    styled as in :func:`figure2a`. A record without the value, or with it None, NaN or 0 (no prune
+    yet), is no point: the axis is logarithmic. A short run's few points each get a marker, and a
+    series of one point says so. None when no run logged a boundary."""
+    fig = draw_figure2b(groups, methods, title, styles)
+    return _save(fig, path) if fig is not None else None
 
 
 def figure_dev_curves(groups: dict[str, Sequence[Run]], path: str | Path, metric: str, scale: float = 100.0,
@@ -306,7 +399,8 @@ def figure_dev_curves(groups: dict[str, Sequence[Run]], path: str | Path, metric
 
 
 def _positive(steps, values) -> list[tuple[int, float]]:
-    return [(s, v) for s, v in zip(steps, values) if v > 0]
+    """The points a log axis can show: a 0.0 (an older log's "no prune yet") is left out."""
+    return [(s, v) for s, v in zip(steps, values) if v is not None and v > 0]
 
 
 def _save(fig, path: str | Path) -> Path:

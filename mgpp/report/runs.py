@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -46,21 +47,34 @@ class Run:
 
     def scalars(self, key: str) -> tuple[list[int], list[float]]:
         """``(steps, values)`` of a logged scalar, the last value kept for a repeated step; ``eval/accuracy``
-        and ``eval_accuracy`` name the same one (logs written before the train/ and eval/ prefixes)."""
+        and ``eval_accuracy`` name the same one (logs written before the train/ and eval/ prefixes).
+        A record without the key, or with it None or NaN (a prune not made yet), or without a step, is
+        skipped: a gap in the series, never a 0.0."""
         names = key_aliases(key)
         by_step: dict[int, float] = {}
         for r in self.records:
-            if r.get("kind") != "scalars":
+            if r.get("kind") != "scalars" or r.get("step") is None:
                 continue
-            name = next((n for n in names if n in r and r[n] is not None), None)
-            if name is not None:
-                by_step[int(r["step"])] = float(r[name])
+            value = _number(next((r[n] for n in names if r.get(n) is not None), None))
+            if value is not None:
+                by_step[int(r["step"])] = value
         steps = sorted(by_step)
         return steps, [by_step[s] for s in steps]
 
     def last_histogram(self, name: str = NONZERO_HISTOGRAM) -> dict | None:
-        hists = [r for r in self.records if r.get("kind") == "histogram" and r.get("name") == name]
+        """The histogram ``name`` at the highest logged step (records without a step are skipped)."""
+        hists = [r for r in self.records
+                 if r.get("kind") == "histogram" and r.get("name") == name and r.get("step") is not None]
         return max(hists, key=lambda r: r["step"]) if hists else None
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float; None for None, NaN and anything that is not a number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
 
 
 def _load_run(folder: Path) -> Run:

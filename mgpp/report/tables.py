@@ -18,15 +18,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..metrics import CHANCE_MARGIN, COLLAPSED_FRACTION, COLLAPSED_STD, collapse_reason, recorded_chance  # noqa: F401
 from ..run_folder import LOG_MAGNITUDE_HISTOGRAM
 from .runs import Run
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Row", "PaperCell", "Difference", "KeptWeights", "by_label", "by_value", "cells_from_runs", "differences",
-           "differences_markdown", "group_label", "is_collapsed", "kept_weights", "kept_weights_markdown",
-           "load_experiment_paper", "method_rank", "metric_columns", "paper_cells", "share_below", "signed",
-           "summarize", "to_csv", "to_markdown"]
+__all__ = ["Row", "PaperCell", "Difference", "Unpaired", "KeptWeights", "by_label", "by_value", "cells_from_runs",
+           "compare", "differences", "differences_markdown", "group_label", "is_collapsed", "kept_weights",
+           "kept_weights_markdown", "load_experiment_paper", "method_rank", "metric_columns", "paper_cells",
+           "share_below", "signed", "summarize", "table_split_keys", "to_csv", "to_markdown", "unpaired_lines"]
 
 GROUP_KEYS = ("task.name", "method.name")
 #: config keys that may differ between the seeds of one cell; any other key that differs splits it
@@ -83,24 +84,55 @@ def _split_keys(members: Sequence[Run]) -> list[str]:
 def group_runs(runs: Sequence[Run], by: Sequence[str] = ()) -> dict[tuple, list[Run]]:
     """``{(experiment, task, method, target sparsity, by): runs}``: the seeds of one cell.
 
-    ``by`` holds the ``--by`` keys (see :func:`by_value`) and, on top, every config key whose value
-    differs within a cell (another model, learning rate, prior ...): such runs are never averaged as seeds.
+    ``by`` holds the ``--by`` keys (see :func:`by_value`) and, on top, the keys of
+    :func:`table_split_keys` (another model, learning rate, prior ...): such runs are never averaged as
+    seeds, and every row of their table names its value, so that no row is left unlabelled beside
+    rows that name theirs.
     """
-    from ..run_folder import flatten, portable
+    from ..run_folder import flatten
 
     first: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         first[(run.get("experiment_name", "default"), *(run.get(k) for k in GROUP_KEYS), target_sparsity(run),
                tuple((by_label(k), _hashable(by_value(run, k))) for k in by))].append(run)
+    split = table_split_keys(first, by)
     groups: dict[tuple, list[Run]] = defaultdict(list)
-    named = {alternative for key in by for alternative in key.split("|")}
-    for (*cell, by_values), members in first.items():
-        split = [k for k in _split_keys(members) if k not in named]
+    for (experiment, *cell, by_values), members in first.items():
         for run in members:
             flat = flatten(run.config)
-            extra = tuple((k, _hashable(portable(flat.get(k)))) for k in split)
-            groups[(*cell, by_values + extra)].append(run)
+            extra = tuple((k, _hashable(_split_value(run, k, flat))) for k in split[experiment])
+            groups[(experiment, *cell, by_values + extra)].append(run)
     return {key: _one_per_seed(key, members) for key, members in groups.items()}
+
+
+#: config keys that say what was trained rather than how: a table whose runs hold several values of
+#: one names it in every row, even where no cell mixes them (GMP of one model beside MGPP of another)
+IDENTITY_KEYS = ("model.name",)
+
+
+def table_split_keys(cells: dict[tuple, list[Run]], by: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Per experiment (one table), the keys besides ``by`` that keep its runs apart: every key that
+    differs between the runs of one of its cells (``{(experiment, ...): runs}``), and the
+    :data:`IDENTITY_KEYS` that differ anywhere in it. Kept per table rather than per cell, so that a
+    cell whose runs agree is labelled as well: a row without its model beside rows with theirs reads
+    as if it were both, and a difference needs both sides labelled alike to pair them."""
+    named = {alternative for key in by for alternative in key.split("|")}
+    keys: dict[str, set[str]] = defaultdict(set)
+    members: dict[str, list[Run]] = defaultdict(list)
+    for (experiment, *_), runs in cells.items():
+        keys[experiment] |= set(_split_keys(runs))
+        members[experiment] += runs
+    for experiment, runs in members.items():
+        keys[experiment] |= {k for k in IDENTITY_KEYS if len({repr(r.get(k)) for r in runs} - {"None"}) > 1}
+    return {experiment: sorted(k for k in found if k not in named) for experiment, found in keys.items()}
+
+
+def _split_value(run: Run, key: str, flat: dict[str, Any]) -> Any:
+    """A split key's value for ``run`` (``flat``: its flattened config), as its table shows it; None (not
+    shown) for a knob the run's prior and schedule do not read, as for ``--by`` keys (:func:`by_value`)."""
+    from ..run_folder import portable
+
+    return portable(flat.get(key)) if _reads_knob(run, key.split(".")[-1]) else None
 
 
 def by_value(run: Run, key: str) -> Any:
@@ -253,17 +285,8 @@ def _paper_numbers(cells: Sequence[PaperCell], experiment: str, task: str, metho
     return None
 
 
-#: a classifier whose most frequent predicted class covers this share of the dev set, or a regressor
-#: whose predictions spread less than this (label units), is marked as collapsed
-COLLAPSED_FRACTION, COLLAPSED_STD = 0.99, 0.01
-#: so is a classifier whose accuracy is within this of always predicting the commonest dev label
-CHANCE_MARGIN = 0.01
-LABEL_MAJORITY = "majority_label_fraction"
-
-
-def _recorded_chance(metrics: dict) -> dict[str, float]:
-    """``{metric prefix ("eval_"): share of the commonest dev label}`` as a run recorded it."""
-    return {k[: -len(LABEL_MAJORITY)]: float(v) for k, v in metrics.items() if k.endswith(LABEL_MAJORITY)}
+# The collapse rule lives with the metrics (the console's last line uses it too).
+_recorded_chance = recorded_chance
 
 
 def chance_levels(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
@@ -279,18 +302,12 @@ def chance_levels(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
 
 def is_collapsed(metrics: dict, chance: dict[str, float] | None = None) -> bool:
     """Whether a finished run's model predicts (nearly) a single class or a constant score, or is no
-    better than chance: an accuracy within ``CHANCE_MARGIN`` of always predicting the commonest label.
+    better than chance (``mgpp.metrics.collapse_reason``: the rule the console's last line applies).
 
-    Read from the prediction spread the GLUE tasks record at evaluation (``mgpp.metrics.prediction_spread``)
-    and from ``chance`` (:func:`chance_levels` of the run's task; default: the run's own record); runs
-    without either are never marked.
+    ``chance``: :func:`chance_levels` of the run's task (default: the run's own record); runs
+    without a prediction spread or a chance level are never marked.
     """
-    fractions = [v for k, v in metrics.items() if k.endswith("majority_prediction_fraction")]
-    spreads = [v for k, v in metrics.items() if k.endswith("prediction_std")]
-    chance = chance if chance is not None else _recorded_chance(metrics)
-    at_chance = any(prefix + "accuracy" in metrics and metrics[prefix + "accuracy"] <= level + CHANCE_MARGIN
-                    for prefix, level in chance.items())
-    return any(f >= COLLAPSED_FRACTION for f in fractions) or any(s < COLLAPSED_STD for s in spreads) or at_chance
+    return collapse_reason(metrics, chance) is not None
 
 
 def summarize(runs: Sequence[Run], by: Sequence[str] = (), paper: Sequence[PaperCell] | None = None) -> list[Row]:
@@ -426,12 +443,38 @@ def _at(split: tuple, pins: dict[str, Any]) -> bool:
     return all(key in values and _same_setting(values[key], pin) for key, pin in pins.items())
 
 
+@dataclass
+class Unpaired:
+    """A comparison a reference cell asked for that has no row, and why: said under the differences,
+    so that a missing MGPP - GMP is never read as one nobody asked for."""
+
+    experiment: str
+    task: str
+    sparsity: float
+    reference: str
+    other: str
+    split: tuple
+    reason: str
+    everywhere: bool = False  # the reason holds for the whole experiment (no run of ``other`` in it)
+
+    def where(self) -> str:
+        setting = setting_text(self.split)
+        return f"{self.task} {self.sparsity:.0%}" + (f" ({setting})" if setting else "")
+
+
 def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[str] = ("l2", "gmp", "pa"),
                 by: Sequence[str] = ()) -> list[Difference]:
-    """Per experiment, task, sparsity (and split keys: ``by`` and configs that differ within a cell):
+    """Per experiment, task, sparsity (and split keys: ``by`` and :func:`table_split_keys`):
     ``reference - other`` for each metric, over the seeds both have. ``reference`` and ``others`` are
     methods, each optionally pinned to ``--by`` values (:func:`parse_method_spec`): ``reference``
     ``mgpp@sigma1_sq=1.0`` against ``mgpp@sigma1_sq=0.05`` is MGPP's slab against itself."""
+    return compare(runs, reference, others, by)[0]
+
+
+def compare(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[str] = ("l2", "gmp", "pa"),
+            by: Sequence[str] = ()) -> tuple[list[Difference], list[Unpaired]]:
+    """:func:`differences`, and for every reference cell a comparison has no row for, why
+    (:class:`Unpaired`)."""
     reference_spec, others_spec = reference, list(others)
     reference, reference_pins = parse_method_spec(reference, by)
     others = [parse_method_spec(other, by) for other in others]
@@ -453,32 +496,38 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
         models[key + (method,)] = {r.get("model.name") for r in done}
     swept = {by_label(k) for k in by}
     started_in_order = sorted(started, key=str)
-    out, reference_found, answered = [], False, set()  # answered: the indices of ``others`` that gave a row
+    out, unpaired = [], []
+    reference_found, answered = False, set()  # answered: the indices of ``others`` that gave a row
     for key, label_list in sorted(labels.items(), key=str):
-        if not _at(key[3], reference_pins):
-            continue
         mine = cells.get(key + (reference,), {})
-        reference_found = reference_found or bool(mine)
+        if not _at(key[3], reference_pins) or not mine:
+            continue
+        reference_found = True
+        experiment, task, sparsity, split = key
         for index, (other, pins) in enumerate(others):
             # the other method at the reference's setting, with its pinned keys at their pins instead
             wanted = {**dict(key[3]), **pins}
             target = next((k for k in started_in_order if k[:3] == key[:3] and k[-1] == other
                            and dict(k[3]).keys() == wanted.keys() and _at(k[3], wanted)), None)
             if target in cells:
-                theirs_key = target
+                theirs_key, why = target, ""
             elif target is not None:  # still running at this setting: wait for it, no stand-in
-                continue
+                theirs_key, why = None, f"its {other} run at this setting has not finished"
             else:
-                theirs_key = _stand_in(cells, models, key + (reference,), other, swept, pins)
+                theirs_key, why = _stand_in(cells, models, key + (reference,), other, swept, pins)
             if theirs_key == key + (reference,):  # a cell against itself
                 continue
             seeds = sorted(set(mine) & set(cells.get(theirs_key, {})))
+            if theirs_key is not None and not seeds:
+                why = f"no seed in common ({reference}: {_seed_list(mine)}; {other}: {_seed_list(cells[theirs_key])})"
             if not seeds:
+                absent = not any(k[0] == experiment and k[-1] == other for k in started)
+                unpaired.append(Unpaired(experiment, task, float(sparsity), reference, other, split,
+                                         f"no {other} run in this experiment" if absent else why, absent))
                 continue
             theirs = cells[theirs_key]
             answered.add(index)
             other_split = tuple(item for item in theirs_key[3] if item not in key[3])
-            experiment, task, sparsity, split = key
             for i, label in enumerate(label_list):
                 out.append(Difference(experiment, task, float(sparsity), reference, other, label,
                                       [mine[s][i] - theirs[s][i] for s in seeds], seeds, split=split,
@@ -491,24 +540,42 @@ def differences(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[s
     for spec in unmatched:
         log.warning("%s: no finished run to compare at that setting (values compare as numbers; a knob the method "
                     "does not read, such as GMP's sigma1_sq, is unset)", spec)
-    return out
+    return out, unpaired
+
+
+def _seed_list(by_seed: dict) -> str:
+    return ", ".join(map(str, sorted(by_seed)))
 
 
 def _stand_in(cells: dict, models: dict, reference: tuple, method: str, swept: set[str],
-              pins: dict[str, Any]) -> tuple | None:
+              pins: dict[str, Any]) -> tuple[tuple | None, str]:
     """The cell of ``method`` to compare with the ``reference`` cell when ``method`` has no run at the
     reference's setting: at the same experiment, task, sparsity and model, matching the reference on
     every ``--by`` key the method itself ran at more than one value of and on every other split (GMP
     in a prior sweep: its one setting; L2 in a sweep of MGPP's σ0² and σ1²: the run at the same σ1²),
-    and on ``pins`` where ``method`` was pinned (those keys take the pinned values instead).
-    The rows name the stand-in's own setting, since a key the method ran at one value only may still
-    matter to it (PA's σ1²). None unless exactly one cell matches."""
-    candidates = [k for k in cells if k[:3] == reference[:3] and k[-1] == method and models[k] == models.get(reference)
-                  and _at(k[3], pins)]
+    and on ``pins`` where ``method`` was pinned (those keys take the pinned values instead). A split
+    key that is no ``--by`` key and that the method's runs leave unset (a knob its prior does not read)
+    matches any value. The rows name the stand-in's own setting, since a key the method ran at one
+    value only may still matter to it (PA's σ1²).
+    ``(cell, "")`` when exactly one cell matches, else ``(None, why not)``."""
+    here = [k for k in cells if k[:3] == reference[:3] and k[-1] == method]
+    candidates = [k for k in here if models[k] == models.get(reference) and _at(k[3], pins)]
     varied = {key for key in swept if len({dict(k[3]).get(key) for k in candidates}) > 1}  # pinned keys: never
-    kept = lambda split: {(k, v) for k, v in split if k not in swept or k in varied}  # noqa: E731
-    matches = [k for k in candidates if kept(k[3]) == kept(reference[3])]
-    return matches[0] if len(matches) == 1 else None
+    wanted = {**dict(reference[3]), **pins}
+
+    def matches(split) -> bool:
+        return all(k in pins or (k in swept and k not in varied) or (v is None and k not in swept)
+                   or _same_setting(wanted.get(k), v) for k, v in split)
+
+    found = [k for k in candidates if matches(k[3])]
+    if len(found) == 1:
+        return found[0], ""
+    if not here:
+        return None, f"no finished {method} run at this task and sparsity"
+    ran = "; ".join(setting_text(k[3]) or "no setting named" for k in (found or here))
+    if found:
+        return None, f"{len(found)} {method} runs could stand in ({ran}): name the key that tells them apart with --by"
+    return None, f"no {method} run matches this setting ({method} ran at: {ran})"
 
 
 def gap_changes(diffs: Sequence[Difference]) -> list[Difference]:
@@ -542,11 +609,12 @@ CHANGES_NOTE = ("Per seed, the difference at the higher sparsity minus the diffe
                 "(the paper: MGPP - L2 on MNLI +1.2 at 80%, +3.6 at 90%).")
 
 
-def differences_markdown(diffs: Sequence[Difference]) -> str:
+def differences_markdown(diffs: Sequence[Difference], unpaired: Sequence[Unpaired] = ()) -> str:
     """A table per experiment: a row per (task, sparsity, comparison), a column per metric; then, where
-    a comparison was made at several sparsities, how it changed between them."""
+    a comparison was made at several sparsities, how it changed between them; then the comparisons
+    that have no row, each with its reason (:func:`unpaired_lines`)."""
     out = []
-    for experiment in dict.fromkeys(d.experiment for d in diffs):
+    for experiment in dict.fromkeys([*(d.experiment for d in diffs), *(u.experiment for u in unpaired)]):
         mine = [d for d in diffs if d.experiment == experiment]
         for title, members, note in ((f"{experiment}: differences", mine, DIFFERENCES_NOTE),
                                      (f"{experiment}: how the differences change with sparsity",
@@ -554,7 +622,21 @@ def differences_markdown(diffs: Sequence[Difference]) -> str:
             if members:
                 out += [f"### {title}", "", "| task | sparsity | difference | metrics | seeds |",
                         "|---|---|---|---|---|", *_difference_rows(members), "", note, ""]
+        missing = unpaired_lines([u for u in unpaired if u.experiment == experiment])
+        if missing:
+            out += ([] if mine else [f"### {experiment}: differences", ""]) + ["Not compared:", "", *missing, ""]
     return "\n".join(out)
+
+
+def unpaired_lines(unpaired: Sequence[Unpaired]) -> list[str]:
+    """A Markdown line per comparison and reason, naming every cell it holds for (a method with no
+    run at all is one line, not one per cell)."""
+    by_reason: dict[tuple, list[Unpaired]] = defaultdict(list)
+    for u in unpaired:
+        by_reason[(u.reference, u.other, u.reason)].append(u)
+    return [f"- {reference} − {other}: {reason}" if members[0].everywhere else
+            f"- {reference} − {other} at {'; '.join(u.where() for u in members)}: {reason}"
+            for (reference, other, reason), members in by_reason.items()]
 
 
 def _difference_rows(diffs: Sequence[Difference]) -> list[str]:

@@ -96,8 +96,7 @@ mkdir -p experiments/results/study_ablation/logs
   else
     echo "$(date -u +%FT%TZ) FAILED $* (experiments/results/study_ablation/logs/$name.log)"
   fi' "$PY"
-"$PY" -m mgpp.report study_ablation experiments/results/study_ablation/runs --out experiments/results/study_ablation \
-    --fig2a-methods mgpp,l2
+"$PY" -m mgpp.report study_ablation experiments/results/study_ablation/runs --out experiments/results/study_ablation
 if [ -d experiments/results/study_ablation/followup ]; then  # beside the study's MRPC runs; by the prior's
   # variances: top-level keys, or the prior block's in runs that predate them
   followup_report() {  # OUT, then report options
