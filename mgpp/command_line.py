@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 __all__ = ["UsageError", "USER_ERRORS", "check_override_keys", "check_plugins", "check_requirements",
-           "wants_job_config", "show_job_config", "report_error", "config_dir", "overrides_of"]
+           "wants_job_config", "show_job_config", "report_error", "describe_error", "config_dir", "overrides_of"]
 
 
 class UsageError(ValueError):
@@ -31,7 +31,8 @@ class UsageError(ValueError):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .run_folder import FolderInUse
 
-    return (ValueError, TypeError, FileNotFoundError, ImportError, FolderInUse, FloatingPointError)
+    # OSError: a missing file, an unreachable hub (ConnectionError), a full disk
+    return (ValueError, TypeError, OSError, ImportError, FolderInUse, FloatingPointError)
 
 
 #: errors a user can fix from what they say: printed as one line (their traceback with HYDRA_FULL_ERROR=1)
@@ -45,11 +46,18 @@ def config_dir() -> str:
     return str(checkout if (checkout / "train.yaml").is_file() else here / "conf")
 
 
+def describe_error(err: BaseException) -> str:
+    """``err`` as the one line a user reads; where an error's own words may not say where it arose
+    (a system or type error), how to see the traceback."""
+    where = " (HYDRA_FULL_ERROR=1 shows where)" if isinstance(err, (OSError, TypeError)) else ""
+    return f"{err}{where}"
+
+
 def report_error(err: BaseException, prog: str = "mgpp") -> int:
     """Print ``err`` as one line (or re-raise it under ``HYDRA_FULL_ERROR=1``); the exit status to use."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise err
-    print(f"{prog}: error: {err}", file=sys.stderr)
+    print(f"{prog}: error: {describe_error(err)}", file=sys.stderr)
     return 1
 
 

@@ -153,7 +153,11 @@ def _trainer_config_class():
         else:
             default = field(default=None)
         more.append((f.name, Any, default))
-    return make_dataclass("TrainerConfig", more, bases=(_TrainerKnobs,))
+    generated = make_dataclass("TrainerConfig", more, bases=(_TrainerKnobs,))
+    # importable by name (make_dataclass says module "types" before Python 3.12): the joblib and
+    # submitit launchers pickle the composed schema to their workers, which must find this class
+    generated.__module__ = __name__
+    return generated
 
 
 TrainerConfig = _trainer_config_class()

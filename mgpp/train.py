@@ -27,7 +27,8 @@ from typing import Any
 
 import hydra
 import torch
-from hydra.errors import InstantiationException
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
@@ -35,13 +36,13 @@ from transformers import TrainingArguments, set_seed
 from . import config as config_schema
 from .callback import PruningCallback
 from .command_line import (USER_ERRORS, UsageError, check_override_keys, check_plugins, check_requirements, config_dir,
-                           overrides_of, report_error, show_job_config, wants_job_config)
+                           describe_error, overrides_of, report_error, show_job_config, wants_job_config)
 from .console import final_line, install_console, quiet_libraries
 from .distributed import export_slurm_env
 from .loggers import Loggers
 from .methods import PruningMethod
 from .pruning import TargetSelector, save_mask
-from .run_folder import MASK_FILE, METRICS_FILE, RunFolder, make_checkpoints_atomic
+from .run_folder import CONFIG_FILE, MASK_FILE, METRICS_FILE, RunFolder, make_checkpoints_atomic
 from .training_log import TrainingLogCallback
 
 log = logging.getLogger("mgpp.train")
@@ -273,14 +274,24 @@ def _whole_targets(pruning: PruningCallback, model_dir: Path) -> tuple[list[str]
     return names, [state[n] for n in names]
 
 
+class RunRefused(CompactHydraException):
+    """A run stopped by a config, data or folder error: its one-line message, without a traceback."""
+
+
 def _forget_failed_start(cfg: DictConfig) -> None:
-    """A run refused before it started leaves no folder behind: the one Hydra made for it holds only
-    Hydra's own record (``.hydra/``, the job log) and goes; anything else in it stays."""
+    """A run refused before it trained (a config, data or folder error) leaves no folder behind: one
+    that holds only Hydra's record (``.hydra/``, the job log) and the config written at the start
+    goes; a folder with anything of a run in it (a log, a checkpoint, metrics, a lock) stays."""
     folder = Path(str(cfg.get("output_dir") or ""))
     if not cfg.get("output_dir") or not folder.is_dir():
         return
-    if all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()):
+    if all(p.name in (".hydra", CONFIG_FILE) or p.suffix == ".log" for p in folder.iterdir()):
         shutil.rmtree(folder, ignore_errors=True)
+        stop = Path(HydraConfig.get().sweep.dir).resolve() if _sweep_name() else folder.resolve().parent
+        parent = folder.resolve().parent
+        while parent != stop and stop in parent.parents and not any(parent.iterdir()):
+            parent.rmdir()  # a sweep job's empty task/method/sparsity folders
+            parent = parent.parent
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -289,7 +300,11 @@ def _hydra_main(cfg: DictConfig) -> float:
         metrics = train(cfg)
     except USER_ERRORS as err:
         _forget_failed_start(cfg)
-        sys.exit(report_error(err))
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        # Hydra prints a compact exception as its message alone (after the job's overrides), and a
+        # sweep's launcher (joblib, submitit) carries it back from its worker like any other failed job
+        raise RunRefused(f"mgpp: error: {describe_error(err)}") from None
     key = next((k for k in metrics if k.endswith(cfg.task.main_metric)), None)
     return metrics[key] if key else float("nan")  # the value an optimising sweeper maximises
 

@@ -154,3 +154,22 @@ def test_the_last_line_flags_a_collapsed_model():
     assert "COLLAPSED: accuracy 0.5550 is the commonest label's share (0.5500)" in final_line(at_chance, "accuracy", 5)
     constant = {"eval_pearson": 0.01, "eval_prediction_std": 0.001}
     assert "COLLAPSED" in final_line(constant, "pearson", 5)
+
+
+def test_a_parallel_sweep_reports_a_refused_job_in_one_line_and_finishes_the_others(tmp_path):
+    """hydra/launcher=local_parallel (joblib workers get the schema pickled: it must import by name);
+    a job with a bad value fails in one line and leaves no folder, the other job finishes."""
+    import pickle
+
+    from mgpp.config import TrainerConfig
+
+    assert pickle.loads(pickle.dumps(TrainerConfig)) is TrainerConfig
+    proc = mgpp_train("-m", "hydra/launcher=local_parallel", "model=tiny_bert", "task=rte", "sparsity=1.5,0.5",
+                      "data_dir=/nonexistent,null", "max_train_samples=32", "max_eval_samples=16", "trainer.max_steps=2",
+                      "logger=[jsonl]", "save_model=false", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "mgpp: error: sparsity must lie in [0, 1), got sparsity=1.5" in proc.stderr
+    finished = list(tmp_path.rglob("metrics.json"))
+    assert len(finished) == 1 and "sparsity0.5_seed42" in str(finished[0]) and "data_dir=null" in str(finished[0])
+    assert {p.name for p in (tmp_path / "rte" / "mgpp").iterdir()} == {"sparsity0.5_seed42"}  # no stray folders
+    assert [p.name for p in (tmp_path / "rte" / "mgpp" / "sparsity0.5_seed42").iterdir()] == [finished[0].parent.name]
