@@ -7,6 +7,7 @@ logged keys from here, so that the two cannot drift apart::
     <run>/log.jsonl            every logged scalar, histogram and table, one JSON object a line
     <run>/metrics.json         final metrics; written last, so its presence marks a finished run
     <run>/layer_sparsity.csv   per target tensor: weights, zeros, sparsity
+    <run>/predictions/         per-example predictions of every evaluation: <split>/step<N>.csv
     <run>/model/               the pruned model (safetensors), with mask.safetensors after upstream pruning
     <run>/checkpoints/         Trainer checkpoints, while a run may still be resumed
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = ["RunFolder", "FolderInUse", "CONFIG_FILE", "LOG_FILE", "METRICS_FILE", "LAYER_FILE", "MODEL_DIR", "CHECKPOINT_DIR",
-           "MASK_FILE", "LAYER_COLUMNS", "LAYER_SPARSITY", "LAYER_TABLE", "NONZERO_HISTOGRAM", "LOG_MAGNITUDE_HISTOGRAM", "RESUME_IGNORES",
+           "MASK_FILE", "PREDICTIONS_DIR", "LAYER_COLUMNS", "LAYER_SPARSITY", "LAYER_TABLE", "NONZERO_HISTOGRAM", "LOG_MAGNITUDE_HISTOGRAM", "RESUME_IGNORES",
            "config_changes", "checkpoint_problem", "make_checkpoints_atomic", "dashboard_key", "key_aliases", "flatten",
            "portable"]
 
@@ -30,6 +31,7 @@ LAYER_FILE = "layer_sparsity.csv"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 MASK_FILE = "mask.safetensors"
+PREDICTIONS_DIR = "predictions"  # per-example predictions of every evaluation (mgpp.predictions)
 SCHEDULE_STATE_FILE = "mgpp_schedule.json"  # in each checkpoint: the schedule's calibration (PA's start)
 LAYER_COLUMNS = ("parameter", "weights", "zeros", "sparsity")
 #: the weight histograms a run logs: the nonzero target values, and their log10 magnitudes (Fig. 2a)

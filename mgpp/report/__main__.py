@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import figures
 from .runs import find_runs, wandb_runs
+from .per_example import all_comparisons, comparisons_csv, per_example_markdown
 from .tables import (cells_from_runs, compare, differences_markdown, group_label, group_runs, kept_weights,
                      kept_weights_markdown, load_experiment_paper, method_rank, parse_method_spec, percent_scale,
                      summarize, to_csv, to_markdown)
@@ -85,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare", default="l2,gmp,pa",
                    help="methods to compare the reference with, paired by seed, 95%% t-intervals ('' for none); "
                         "pinned like --reference, so 'mgpp@sigma1_sq=0.05' compares one method's two settings")
+    p.add_argument("--replicates", type=int, default=4000,
+                   help="bootstrap replicates of the per-example paired differences (default 4000)")
     p.add_argument("--lam", type=float, default=1e-7, help="prior of Fig. 1 / A1 (default: the paper's)")
     p.add_argument("--sigma0-sq", type=float, default=1e-10)
     p.add_argument("--sigma1-sq", type=float, default=0.05)
@@ -165,8 +168,13 @@ def report(args) -> int:
     markdown = to_markdown(rows, paper)
     diffs, unpaired = compare(runs, reference=args.reference, others=args.compare.split(","), by=args.by) \
         if args.compare else ([], [])
+    changes, examples = all_comparisons(diffs, runs, replicates=args.replicates)  # every p-value Holm-adjusted
     if diffs or unpaired:
-        markdown += "\n" + differences_markdown(diffs, unpaired)
+        markdown += "\n" + differences_markdown(diffs, unpaired, changes)
+    if examples:
+        markdown += "\n" + per_example_markdown(examples)
+    if diffs:
+        comparisons_csv(out / "comparisons.csv", diffs, changes, examples)
     kept = kept_weights_markdown(kept_weights(runs, by=args.by))  # grouped over all runs, as the tables are
     if kept:
         markdown += "\n" + kept

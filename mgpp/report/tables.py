@@ -373,6 +373,10 @@ class Difference:
     from_sparsity: float | None = None
     split: tuple = ()  # ((key, value), ...) of the keys that keep runs apart (``--by``, differing configs)
     other_split: tuple = ()  # where ``other`` stood in from another setting: its own values of the keys that differ
+    #: per seed, the two runs compared ``(reference's, other's)``: their per-example predictions
+    pairs: tuple = field(default=(), repr=False, compare=False)
+    #: the Holm-adjusted p-value across every comparison of the report (set by the report)
+    p_holm: float = field(default=math.nan, compare=False)
 
     @property
     def n(self) -> int:
@@ -386,10 +390,29 @@ class Difference:
         """Student-t interval for the mean paired difference (nan for fewer than two seeds)."""
         return t_interval(self.diffs, level)
 
+    @property
+    def p(self) -> float:
+        """Two-sided p-value of the seed-paired t-test (NaN for a single seed)."""
+        from .paired import student_t_p
+
+        return student_t_p(self.diffs)
+
     def text(self, digits: int = 1) -> str:
         low, high = self.interval()
         band = "" if math.isnan(low) else f" [{signed(low, digits)}, {signed(high, digits)}]"
-        return f"{signed(self.mean, digits)}{band}"
+        return f"{signed(self.mean, digits)}{band}{p_text(self.p, self.p_holm)}"
+
+
+def p_text(p: float, p_holm: float = math.nan) -> str:
+    """`` p 0.041 (Holm 0.33)``; empty where there is no p-value."""
+    if math.isnan(p):
+        return ""
+    holm = "" if math.isnan(p_holm) else f" (Holm {_p(p_holm)})"
+    return f" p {_p(p)}{holm}"
+
+
+def _p(value: float) -> str:
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def signed(value: float, digits: int = 1) -> str:
@@ -479,6 +502,7 @@ def compare(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[str] 
     reference, reference_pins = parse_method_spec(reference, by)
     others = [parse_method_spec(other, by) for other in others]
     cells: dict[tuple, dict[int, list[float]]] = {}
+    run_of: dict[tuple, dict[int, Run]] = {}
     models: dict[tuple, set] = {}  # a baseline stands in for another setting of the same model only
     labels: dict[tuple, list[str]] = {}
     started: set[tuple] = set()  # cells with a run, finished or not
@@ -493,6 +517,7 @@ def compare(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[str] 
         labels[key] = [label for _, label in columns]
         cells[key + (method,)] = {int(r.get("seed", 0)): [scale * float(r.metrics.get(k, math.nan)) for k, _ in columns]
                                   for r in done}
+        run_of[key + (method,)] = {int(r.get("seed", 0)): r for r in done}
         models[key + (method,)] = {r.get("model.name") for r in done}
     swept = {by_label(k) for k in by}
     started_in_order = sorted(started, key=str)
@@ -528,10 +553,11 @@ def compare(runs: Sequence[Run], reference: str = "mgpp", others: Sequence[str] 
             theirs = cells[theirs_key]
             answered.add(index)
             other_split = tuple(item for item in theirs_key[3] if item not in key[3])
+            pairs = tuple((run_of[key + (reference,)][s], run_of[theirs_key][s]) for s in seeds)
             for i, label in enumerate(label_list):
                 out.append(Difference(experiment, task, float(sparsity), reference, other, label,
                                       [mine[s][i] - theirs[s][i] for s in seeds], seeds, split=split,
-                                      other_split=other_split))
+                                      other_split=other_split, pairs=pairs))
     # A pinned method that yields no row is most likely a misread value or a knob the method does not
     # read (GMP's sigma1_sq is unset): say so rather than print a table without it.
     unmatched = [reference_spec] if reference_pins and not reference_found else []
@@ -594,13 +620,15 @@ def gap_changes(diffs: Sequence[Difference]) -> list[Difference]:
             if seeds:
                 at_high = dict(zip(high.seeds, high.diffs))
                 out.append(replace(high, diffs=[at_high[s] - at_low[s] for s in seeds], seeds=seeds,
-                                   from_sparsity=low.sparsity))
+                                   from_sparsity=low.sparsity, pairs=(), p_holm=math.nan))
     return out
 
 
 DIFFERENCES_NOTE = ("Mean difference in percent points over the seeds both methods have (paired by seed), with a "
-                    "95% Student-t interval [low, high] (none for a single seed). An interval that excludes 0 is a "
-                    "difference the seeds resolve. Where a method has no run (finished or running) at the reference's "
+                    "95% Student-t interval [low, high] (none for a single seed) and the t-test's two-sided p-value, "
+                    "unadjusted and Holm-adjusted across every comparison this report prints. These intervals leave "
+                    "out the evaluation set's own sampling error (see the per-example table, where there is one). "
+                    "An interval that excludes 0 is a difference the seeds resolve. Where a method has no run (finished or running) at the reference's "
                     "setting, another of its runs stands in: the one that matches on the `--by` keys the method was "
                     "itself run at several values of (a baseline run at one setting stands in for every setting); "
                     "the row then names the stand-in's own values (\"pa at sigma1_sq=0.05\").")
@@ -609,16 +637,19 @@ CHANGES_NOTE = ("Per seed, the difference at the higher sparsity minus the diffe
                 "(the paper: MGPP - L2 on MNLI +1.2 at 80%, +3.6 at 90%).")
 
 
-def differences_markdown(diffs: Sequence[Difference], unpaired: Sequence[Unpaired] = ()) -> str:
+def differences_markdown(diffs: Sequence[Difference], unpaired: Sequence[Unpaired] = (),
+                         changes: Sequence[Difference] | None = None) -> str:
     """A table per experiment: a row per (task, sparsity, comparison), a column per metric; then, where
-    a comparison was made at several sparsities, how it changed between them; then the comparisons
-    that have no row, each with its reason (:func:`unpaired_lines`)."""
+    a comparison was made at several sparsities, how it changed between them (``changes``; default
+    :func:`gap_changes` of ``diffs``); then the comparisons that have no row, each with its reason
+    (:func:`unpaired_lines`)."""
     out = []
+    changes = gap_changes(diffs) if changes is None else changes
     for experiment in dict.fromkeys([*(d.experiment for d in diffs), *(u.experiment for u in unpaired)]):
         mine = [d for d in diffs if d.experiment == experiment]
         for title, members, note in ((f"{experiment}: differences", mine, DIFFERENCES_NOTE),
                                      (f"{experiment}: how the differences change with sparsity",
-                                      gap_changes(mine), CHANGES_NOTE)):
+                                      [c for c in changes if c.experiment == experiment], CHANGES_NOTE)):
             if members:
                 out += [f"### {title}", "", "| task | sparsity | difference | metrics | seeds |",
                         "|---|---|---|---|---|", *_difference_rows(members), "", note, ""]

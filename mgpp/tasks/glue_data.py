@@ -44,7 +44,10 @@ NLI2 = {"entailment": 0, "not_entailment": 1}
 LAYOUTS: dict[str, GlueLayout] = {
     "cola": GlueLayout("CoLA", {"sentence": 3}, label=1, header=False),
     "sst2": GlueLayout("SST-2", {"sentence": "sentence"}, label="label"),
-    "mrpc": GlueLayout("MRPC", {"sentence1": "#1 String", "sentence2": "#2 String"}, label="Quality"),
+    # MRPC's labelled test set (1,725 pairs, disjoint from train and dev) is in the original MSR release
+    "mrpc": GlueLayout("MRPC", {"sentence1": "#1 String", "sentence2": "#2 String"}, label="Quality",
+                       files={"train": "train.tsv", "validation": "dev.tsv",
+                              "test": "original/msr_paraphrase_test.txt"}),
     "qqp": GlueLayout("QQP", {"question1": "question1", "question2": "question2"}, label="is_duplicate"),
     "stsb": GlueLayout("STS-B", {"sentence1": "sentence1", "sentence2": "sentence2"}, label="score",
                        regression=True),
@@ -123,23 +126,27 @@ def _asked_for_local(data_dir) -> bool:
     return bool(data_dir or os.environ.get(ENV_DIR))
 
 
-def load_glue(task: str, data_dir: str | os.PathLike | None = None) -> DatasetDict:
-    """Train and validation splits of a GLUE task, locally when a GLUE folder is found, else from the hub."""
+def load_glue(task: str, data_dir: str | os.PathLike | None = None, splits=None) -> DatasetDict:
+    """The ``splits`` of a GLUE task (default: every split its layout names), locally when a GLUE folder
+    is found, else from the hub."""
     if task not in LAYOUTS:
         raise ValueError(f"unknown GLUE task {task!r}; choose one of {sorted(LAYOUTS)}")
     layout = LAYOUTS[task]
+    splits = list(splits or layout.files)
+    unknown = [s for s in splits if s not in layout.files]
+    if unknown:
+        raise ValueError(f"GLUE {task} has no split {unknown[0]!r} with labels; its splits: {list(layout.files)}")
     root = find_glue_dir(data_dir)
     if root is not None and (root / layout.folder).is_dir():
         log.info("GLUE %s from %s", task, root / layout.folder)
-        return DatasetDict({split: _read_tsv(root / layout.folder / name, layout)
-                            for split, name in layout.files.items()})
+        return DatasetDict({split: _read_tsv(root / layout.folder / layout.files[split], layout) for split in splits})
     if root is not None and _asked_for_local(data_dir):  # an explicit data root never falls back to the hub
         raise FileNotFoundError(f"no GLUE {task} data in {root / layout.folder} (data_dir / ${ENV_DIR}); expected "
-                                f"{', '.join(layout.files.values())} there, or leave data_dir unset to use the hub")
+                                f"{', '.join(layout.files[s] for s in splits)} there, or leave data_dir unset to use "
+                                "the hub")
     if root is not None:
         log.warning("no %s folder in %s: loading glue/%s from the hub", layout.folder, root, task)
     from datasets import load_dataset
 
     hub = load_dataset("nyu-mll/glue", task)
-    return DatasetDict({split: hub[split] for split in layout.files})
-
+    return DatasetDict({split: hub[split] for split in splits})
