@@ -262,8 +262,10 @@ def _refuse_unknown_keys(cfg: DictConfig) -> None:
                              "installed transformers is a trainer.<name> key already)")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Value checks that the schema's types cannot express; raises ValueError naming the key."""
+def validate(cfg: DictConfig, hardware: bool = True) -> None:
+    """Value checks that the schema's types cannot express; raises ValueError naming the key.
+    ``hardware=False`` leaves out what depends on this machine (fp16 needs a CUDA GPU): a GPU
+    recipe's config, printed on a CPU machine, is still checked for everything else."""
     _refuse_unknown_keys(cfg)
     if cfg.output_dir is None:
         raise ValueError("output_dir is not set: run through python -m mgpp.train, or pass output_dir=<folder>")
@@ -278,7 +280,7 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError("model needs model.pretrained (hub id or folder) or model.config (random init)")
     if cfg.trainer.bf16 and cfg.trainer.fp16:
         raise ValueError("trainer.bf16 and trainer.fp16 are exclusive")
-    if cfg.trainer.fp16 and not _cuda_available():
+    if hardware and cfg.trainer.fp16 and not _cuda_available():
         raise ValueError("trainer.fp16=true needs a CUDA GPU (its loss scaling is a GPU feature); on a CPU train in "
                          "float32, or with trainer.bf16=true where the CPU supports it")
     if cfg.trainer.get("load_best_model_at_end"):

@@ -74,8 +74,14 @@ def build_method(cfg: DictConfig) -> PruningMethod:
     )
 
 
-def _training_arguments(cfg: DictConfig, run_dir: Path, task) -> TrainingArguments:
+#: TrainingArguments fields whose check depends on this machine's hardware (a GPU recipe on a CPU)
+HARDWARE_FIELDS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
+
+
+def _training_arguments(cfg: DictConfig, run_dir: Path, task, hardware: bool = True) -> TrainingArguments:
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if not hardware:  # checked on the machine that runs it
+        trainer |= {name: None if name == "tf32" else False for name in HARDWARE_FIELDS if name in trainer}
     extra = trainer.pop("extra") or {}
     for owned in config_schema.OWNED_TRAINER_FIELDS:  # refused by validate() when set; ours below
         trainer.pop(owned, None)
@@ -146,17 +152,18 @@ def _final_metrics(task, trainer, eval_sets: dict) -> dict[str, float]:
     return task.evaluate(trainer, eval_sets)  # several splits, or metrics the in-loop evaluation lacks
 
 
-def prepare(cfg: DictConfig):
+def prepare(cfg: DictConfig, hardware: bool = True):
     """Every check a run makes before it touches its folder or loads a model or data: the config's
     values, the optional packages its loggers need, the engine objects and the TrainingArguments it
-    builds. Returns ``(task, method, training_args)``; ``--cfg job`` runs it too."""
-    config_schema.validate(cfg)
+    builds. Returns ``(task, method, training_args)``. ``--cfg job`` runs it with ``hardware=False``:
+    what depends on this machine (bf16, fp16 on a GPU) is left to the machine that runs it."""
+    config_schema.validate(cfg, hardware=hardware)
     for name, node in cfg.logger.items():
         if node is not None:
             check_requirements(node._target_, f"logger.{name}")
     task = build(cfg.task)
     method = build_method(cfg)
-    training_args = _training_arguments(cfg, Path(cfg.output_dir), task)  # a bad trainer.* value fails here
+    training_args = _training_arguments(cfg, Path(cfg.output_dir), task, hardware)  # a bad trainer.* value fails here
     return task, method, training_args
 
 
@@ -319,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as err:
         sys.exit(report_error(err))
     if wants_job_config(argv):
-        sys.exit(show_job_config(argv, check=prepare))
+        sys.exit(show_job_config(argv, check=lambda cfg: prepare(cfg, hardware=False)))
     _hydra_main()
 
 

@@ -53,6 +53,8 @@ def test_config_job_prints_what_was_set_and_checks_it(capsys):
     assert len(lines) < 130 and "trackio_space_id" not in out and "  learning_rate: 5.0e-05" in lines
     status, out, _ = run_main(capsys, "--cfg", "job", "--all")
     assert status == 0 and "trackio_space_id" in out and len(out.splitlines()) > 150
+    status, _, err = run_main(capsys, "--cfg", "job", "experiment=table6_ablation", "task=mrpc")
+    assert status == 0, err  # a GPU recipe (bf16) composes and checks on a CPU: bf16 is the run's machine's to check
     _, out, _ = run_main(capsys, "--cfg", "job", "trainer.push_to_hub=true")  # set on the command line: shown
     assert "  push_to_hub: true" in out.splitlines()
     for bad, message in [("sparsity=1.5", "sparsity must lie in [0, 1), got sparsity=1.5"),
