@@ -18,7 +18,7 @@ ARGS ?=
 # printing what a real run prints.
 SMOKE_ARGS ?= max_train_samples=1024 max_eval_samples=256 train_size=67349 sparsity=0.5 trainer.max_steps=60 \
 	trainer.per_device_train_batch_size=16 trainer.learning_rate=2e-4 trainer.logging_steps=10 trainer.eval_steps=0.5 \
-	trainer.disable_tqdm=true logger=[jsonl] save_model=false
+	logger=[jsonl] save_model=false
 
 .PHONY: install smoke train test bench bench-inference study study-report clean
 

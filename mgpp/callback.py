@@ -111,6 +111,7 @@ class PruningCallback(TrainerCallback):
         # pruned weights are the zeros of the weights at hand.
         if any(self.schedule.fixes_mask_at(t) for t in range(0, completed_steps + 1)):
             self.mask = FixedMask(self.targets.params)
+            self.sparsity_after_prune = self.sparsity()  # the frozen zeros: what the curves report from here
             log.info("fixed mask: %.4f of the target weights stay zero", self.targets.sparsity())
 
     def _saved_calibration(self, completed_steps: int) -> dict:
@@ -261,6 +262,12 @@ class PruningCallback(TrainerCallback):
         """Whether the pruner ran after optimizer step ``t``: the moment a sparsity curve is exact."""
         return t > 0 and self.last_prune_step == t
 
+    @property
+    def zeros_are_the_pruners(self) -> bool:
+        """Whether the weights' exact zeros are now what pruning left: under a fixed mask (PA after its
+        prune, sparse transfer, a run resumed past the freeze) they stay so between steps."""
+        return self.mask is not None
+
     def prune_metrics(self) -> dict[str, float]:
         """The scalars of the last prune: its target, the fraction it zeroed, its threshold and the
         smallest survivor. Keys of a prune that has not happened yet are left out, not logged as 0
@@ -270,7 +277,7 @@ class PruningCallback(TrainerCallback):
         if self.pruned_at(t) or (self.mask is not None and self.last_prune_step > 0):
             self.kept_min = self._over_ranks(self.targets.min_nonzero_magnitude(), "min")
         out = {PREFIX + "target_sparsity": self.schedule.sparsity(t) if t > 0 else 0.0}
-        if self.last_prune_step > 0:
+        if self.last_prune_step > 0 or self.mask is not None:
             out[PREFIX + "sparsity_after_last_prune"] = self.sparsity_after_prune
             if self.threshold is not None:
                 out[PREFIX + "threshold"] = self.threshold

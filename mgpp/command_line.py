@@ -20,7 +20,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["UsageError", "USER_ERRORS", "check_override_keys", "check_plugins", "check_requirements",
+__all__ = ["UsageError", "USER_ERRORS", "check_override_keys", "check_plugins", "check_requirements", "check_logger_keys",
            "wants_job_config", "show_job_config", "report_error", "describe_error", "config_dir", "overrides_of"]
 
 
@@ -127,8 +127,14 @@ def check_plugins(overrides: Sequence[str]) -> None:
     files = []
     for key, value in _choices(overrides).items():
         if key in ("hydra/launcher", "hydra/sweeper"):
-            local = root / key / f"{value}.yaml"
-            files.append(local.read_text() if local.is_file() else value)
+            seen = set()
+            while value not in seen:  # a local launcher file may build on another (slurm_multi: slurm)
+                seen.add(value)
+                local = root / key / f"{value}.yaml"
+                text = local.read_text() if local.is_file() else value
+                files.append(text)
+                base = [line.strip()[2:].strip() for line in text.splitlines() if line.strip().startswith("- ")]
+                value = next((b for b in base if (root / key / f"{b}.yaml").is_file()), value)
         elif key in ("sweep", "experiment") and (root / key / f"{value}.yaml").is_file():
             files.append((root / key / f"{value}.yaml").read_text())
     for text in files:
@@ -146,6 +152,20 @@ def _installed(module: str) -> bool:
         return False
 
 
+def check_logger_keys(node, where: str) -> None:
+    """A logger node's keys against its class's arguments: a misspelt one (``logger.wandb.projet``)
+    would be swallowed by the class's catch-all, so it is refused with the nearest."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    parameters = inspect.signature(get_class(node["_target_"]).__init__).parameters
+    known = {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
+    for key in node:
+        if key != "_target_" and key not in known:
+            raise UsageError(f"unknown config key '{where}.{key}'{_nearest(key, known).replace('mean ', f'mean {where}.')}")
+
+
 def check_requirements(target: str, where: str) -> None:
     """A logger (or other ``_target_`` class) that declares ``requires = (module, extra)``: refused
     before anything loads when the module is missing, naming the extra."""
@@ -159,7 +179,7 @@ def check_requirements(target: str, where: str) -> None:
 # -- --cfg job --------------------------------------------------------------------------------
 #: Hydra's flags that take a value (the next argument)
 _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                     "--config-dir", "-cd", "--experimental-rerun"}
+                     "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc", "--info", "-i"}
 
 
 def wants_job_config(argv: Sequence[str]) -> bool:
@@ -187,10 +207,28 @@ def overrides_of(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _generated_trainer_fields() -> set[str]:
+def _generated_trainer_defaults() -> dict:
+    """``{name: default}`` of the TrainingArguments fields the schema adds beyond the usual knobs."""
+    from dataclasses import MISSING
+
     from .config import TrainerConfig, _TrainerKnobs
 
-    return {f.name for f in fields(TrainerConfig)} - {f.name for f in fields(_TrainerKnobs)}
+    usual = {f.name for f in fields(_TrainerKnobs)}
+    out = {}
+    for f in fields(TrainerConfig):
+        if f.name not in usual:
+            out[f.name] = f.default_factory() if f.default_factory is not MISSING else f.default
+    return out
+
+
+def _same(value, default) -> bool:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=False)
+    if hasattr(default, "value"):  # an enum default (IntervalStrategy.NO): its value is what a config holds
+        default = default.value
+    return value == default
 
 
 def show_job_config(argv: Sequence[str], check) -> int:
@@ -211,10 +249,10 @@ def show_job_config(argv: Sequence[str], check) -> int:
     shown = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     with open_dict(shown):
         del shown["hydra"]
-        if "--all" not in argv:
+        if "--all" not in argv:  # the fields nobody set: at their TrainingArguments default, not named
             named = {o.lstrip("+").split("=", 1)[0] for o in overrides}
-            for name in _generated_trainer_fields():
-                if f"trainer.{name}" not in named and name in shown.trainer:
+            for name, default in _generated_trainer_defaults().items():
+                if name in shown.trainer and f"trainer.{name}" not in named and _same(shown.trainer[name], default):
                     del shown.trainer[name]
     if "--resolve" in argv:
         with open_dict(shown):

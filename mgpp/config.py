@@ -17,8 +17,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 __all__ = ["TrainConfig", "register", "validate", "offline_model_path", "job_dirname", "UNNAMED_OVERRIDES"]
 
-#: overrides that never change what a run computes (or that name the sweep's own folder): left out of
-#: the folder name of a sweep job, so that resuming or relogging a sweep finds the same folders
+#: overrides left out of a sweep job's folder name, with the keys below them: those that never change
+#: what a run computes (loggers, resuming, console), and ``experiment``/``sweep``, which name the
+#: sweep's own folder; so a sweep rerun with other loggers finds, and resumes, the same folders
 UNNAMED_OVERRIDES = ("experiment", "sweep", "logger", "resume", "verbose", "trainer.disable_tqdm", "output_dir")
 
 
@@ -51,11 +52,11 @@ def job_dirname(overrides, named=()) -> str:
     """
     import hashlib
 
-    skipped = set(UNNAMED_OVERRIDES) | set(named or ())
+    skipped = (*UNNAMED_OVERRIDES, *(named or ()))
     kept = []
     for override in overrides or ():
         key = str(override).split("=", 1)[0].lstrip("+~")
-        if key not in skipped:
+        if not any(key == k or key.startswith(k + ".") for k in skipped):  # logger.wandb.project too
             kept.append(str(override))
     if not kept:
         return ""

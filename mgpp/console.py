@@ -48,6 +48,8 @@ def step_line(step: int, max_steps: int, logs: dict[str, Any], pruning=None, mai
             achieved, target = pruning.sparsity_after_prune, pruning.schedule.sparsity(step)
             when = "" if pruning.last_prune_step == step else f" at step {pruning.last_prune_step}"
             parts.append(f"sparsity {achieved:.3f}{when} (target {target:.3f})")
+        elif pruning is not None and pruning.targets is not None and getattr(pruning, "mask", None) is not None:
+            parts.append(f"sparsity {pruning.sparsity_after_prune:.3f} (fixed mask)")  # sparse transfer
         return " | ".join(parts)
     evals = {k[len("eval_"):]: v for k, v in logs.items() if k.startswith("eval_") and isinstance(v, (int, float))
              and not k.endswith(("_runtime", "_per_second")) and "majority" not in k}

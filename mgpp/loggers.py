@@ -111,13 +111,27 @@ def wandb_logged_in() -> bool:
     import netrc
     from urllib.parse import urlparse
 
-    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or _settings_base_url() or "https://api.wandb.ai").hostname \
+        or "api.wandb.ai"
     path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
     try:
         entry = netrc.netrc(path).authenticators(host)
     except (OSError, netrc.NetrcParseError):
         return False
     return bool(entry and entry[2])
+
+
+def _settings_base_url() -> str | None:
+    """The server ``wandb login --host`` stored in W&B's settings file, if any."""
+    import configparser
+
+    folder = os.environ.get("WANDB_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".config", "wandb")
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(os.path.join(folder, "settings"))
+        return parser.get("default", "base_url", fallback=None)
+    except configparser.Error:
+        return None
 
 
 def summary_key(key: str) -> str:
@@ -199,10 +213,14 @@ class TensorBoardLogger(MetricLogger):
 
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / subdir))
         self.hparams = hparams_of(run_config)
+        self.tags: set[str] = set()  # the scalar series written, and the last step seen
+        self.last_step = 0
 
     def log(self, metrics, step):
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, step)
+        self.tags |= set(metrics)
+        self.last_step = max(self.last_step, step)
 
     def log_histogram(self, name, histogram, step):
         if histogram.num == 0:
@@ -227,6 +245,9 @@ class TensorBoardLogger(MetricLogger):
         if self.hparams and metrics:
             from torch.utils.tensorboard.summary import hparams
 
+            for key, value in summary.items():  # a final metric no evaluation logged (MLM perplexity): its point
+                if summary_key(key) in metrics and summary_key(key) not in self.tags:
+                    self.writer.add_scalar(summary_key(key), float(value), self.last_step)
             for event in hparams(self.hparams, {m: 0.0 for m in metrics}):
                 self.writer.file_writer.add_summary(event)
         self.writer.flush()

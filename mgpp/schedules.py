@@ -105,6 +105,10 @@ class FixedSparsity(Schedule):
 
     final_sparsity: float = 0.0
 
+    def sparsity(self, t: int) -> float:
+        """The sparsity the loaded model holds throughout (a curve of 0 would read as dense)."""
+        return self.final_sparsity
+
     def fixes_mask_at(self, t: int) -> bool:
         return t == 0
 

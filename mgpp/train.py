@@ -35,7 +35,8 @@ from transformers import TrainingArguments, set_seed
 
 from . import config as config_schema
 from .callback import PruningCallback
-from .command_line import (USER_ERRORS, UsageError, check_override_keys, check_plugins, check_requirements, config_dir,
+from .command_line import (USER_ERRORS, UsageError, check_logger_keys, check_override_keys, check_plugins,
+                           check_requirements, config_dir,
                            describe_error, overrides_of, report_error, show_job_config, wants_job_config)
 from .console import final_line, install_console, quiet_libraries
 from .distributed import export_slurm_env
@@ -94,14 +95,14 @@ def _training_arguments(cfg: DictConfig, run_dir: Path, task, hardware: bool = T
 
 
 def _sweep_name() -> str | None:
-    """The sweep folder's name in a multirun, else None."""
+    """In a multirun, the sweep file's name (``sweep=pa_search``), else the sweep folder's; else None."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         hc = HydraConfig.get()
-        return Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
-    except ValueError:  # not running under @hydra.main (tests, notebooks)
+    except ValueError:  # not running under Hydra's main (tests, notebooks)
         return None
+    if hc.mode.name != "MULTIRUN":
+        return None
+    return hc.runtime.choices.get("sweep") or Path(hc.sweep.dir).name
 
 
 def _wandb_identity(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
@@ -160,6 +161,7 @@ def prepare(cfg: DictConfig, hardware: bool = True):
     config_schema.validate(cfg, hardware=hardware)
     for name, node in cfg.logger.items():
         if node is not None:
+            check_logger_keys(node, f"logger.{name}")
             check_requirements(node._target_, f"logger.{name}")
     task = build(cfg.task)
     method = build_method(cfg)
@@ -232,7 +234,11 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
     metrics: dict[str, Any] = {}
     exit_code = 1  # until the run's files are written
     try:
-        trainer.train(resume_from_checkpoint=checkpoint)
+        try:
+            trainer.train(resume_from_checkpoint=checkpoint)
+        except Exception as err:  # a bug or a library's error mid-training keeps its traceback (see _hydra_main)
+            err.mgpp_while_training = True
+            raise
         metrics = _final_metrics(task, trainer, eval_sets)
         final_step = trainer.state.global_step
         metrics |= {"sparsity": pruning.sparsity(), "target_sparsity": pruning.schedule.final_sparsity,
@@ -281,24 +287,44 @@ def _whole_targets(pruning: PruningCallback, model_dir: Path) -> tuple[list[str]
     return names, [state[n] for n in names]
 
 
+def _raised_while_training(err: BaseException) -> bool:
+    """An error from inside the Trainer's loop (not a config, data or folder error): its traceback is
+    what a user needs; a diverging loss (FloatingPointError) says all there is in its message."""
+    return getattr(err, "mgpp_while_training", False) and not isinstance(err, FloatingPointError)
+
+
 class RunRefused(CompactHydraException):
     """A run stopped by a config, data or folder error: its one-line message, without a traceback."""
 
 
 def _forget_failed_start(cfg: DictConfig) -> None:
-    """A run refused before it trained (a config, data or folder error) leaves no folder behind: one
-    that holds only Hydra's record (``.hydra/``, the job log) and the config written at the start
-    goes; a folder with anything of a run in it (a log, a checkpoint, metrics, a lock) stays."""
-    folder = Path(str(cfg.get("output_dir") or ""))
-    if not cfg.get("output_dir") or not folder.is_dir():
+    """A run refused before it trained (a config, data or folder error) leaves no folder behind: in the
+    folder Hydra made for this job, its own record (``.hydra/``, the job log) and the config written
+    at the start go, then the folder and its empty parents (up to the sweep folder, or the working
+    directory); anything else in it (a log, a checkpoint, metrics, a lock, a user's files) stays."""
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
         return
-    if all(p.name in (".hydra", CONFIG_FILE) or p.suffix == ".log" for p in folder.iterdir()):
-        shutil.rmtree(folder, ignore_errors=True)
-        stop = Path(HydraConfig.get().sweep.dir).resolve() if _sweep_name() else folder.resolve().parent
-        parent = folder.resolve().parent
-        while parent != stop and stop in parent.parents and not any(parent.iterdir()):
-            parent.rmdir()  # a sweep job's empty task/method/sparsity folders
-            parent = parent.parent
+    folder = Path(hc.runtime.output_dir)
+    if str(cfg.get("output_dir")) != str(folder) or not folder.is_dir():
+        return  # an output_dir of the user's own: never touched
+    ours = {".hydra", CONFIG_FILE, f"{hc.job.name}.log"}
+    if any(p.name not in ours for p in folder.iterdir()):
+        return
+    for name in ours:
+        target = folder / name
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    stop = Path(hc.sweep.dir).resolve() if hc.mode.name == "MULTIRUN" else Path.cwd().resolve()
+    current = folder.resolve()
+    while True:
+        try:
+            current.rmdir()  # only an empty folder; a sibling job's, being made meanwhile, is left alone
+        except OSError:
+            return
+        current = current.parent
+        if current == stop or stop not in current.parents:
+            return
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -307,7 +333,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         metrics = train(cfg)
     except USER_ERRORS as err:
         _forget_failed_start(cfg)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _raised_while_training(err):
             raise
         # Hydra prints a compact exception as its message alone (after the job's overrides), and a
         # sweep's launcher (joblib, submitit) carries it back from its worker like any other failed job

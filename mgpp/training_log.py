@@ -153,11 +153,11 @@ class TrainingLogCallback(TrainerCallback):
         histograms = {NONZERO_HISTOGRAM: weight_histogram(params, self.bins, group),
                       LOG_MAGNITUDE_HISTOGRAM: log_magnitude_histogram(params, self.bins, group=group)}
         rows = layer_table(self.pruning)
-        exact = self.pruning.pruned_at(step) or (self.pruning.mask is not None and self.pruning.last_prune_step > 0)
+        exact = self.pruning.pruned_at(step) or self.pruning.zeros_are_the_pruners
         if log:
             for name, histogram in histograms.items():
                 self.logger.log_histogram(name, histogram, step)
             self.logger.log_table(LAYER_TABLE, LAYER_COLUMNS, rows, step)
-            if exact:
+            if exact and self._last_prune_logged != step:  # (already logged right after this step's prune)
                 self.logger.log({LAYER_SPARSITY + name: sparsity for name, _, _, sparsity in rows}, step)
         return rows

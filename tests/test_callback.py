@@ -383,3 +383,25 @@ def test_resuming_onto_non_finite_weights_is_refused():
         model.bert.encoder.layer[1].intermediate.dense.weight[3, 3] = float("nan")  # bytes flipped on disk
     with pytest.raises(ValueError, match="checkpoint of step 12 holds non-finite weights"):
         PruningCallback(method, train_size=N).setup(model, total_steps=24, completed_steps=12)
+
+
+def test_sparse_transfer_logs_its_frozen_sparsity_not_zeros(tmp_path):
+    """A model that arrives pruned (sparse transfer, a fixed mask from step 0): the per-layer curves and
+    the target read the frozen sparsity at every histogram step, never 0 as if dense."""
+    model = tiny_bert()
+    selected = TargetSelector().select(model)
+    with torch.no_grad():
+        for p in selected.params:
+            p[: p.shape[0] // 2] = 0  # half of every target tensor pruned upstream
+    pruning = PruningCallback(preset("sparse_transfer", sparsity=0.5), train_size=N)
+    trainer = make_trainer(tmp_path, model)
+    pruning.attach(trainer)
+    memory = MemoryLogger()
+    trainer.add_callback(TrainingLogCallback(memory, pruning, histogram_every=6))
+    trainer.train()
+    layer_steps = sorted({r["step"] for r in memory.records if r["kind"] == "scalars"
+                         and any(k.startswith("sparsity_after_prune/") for k in r)})
+    assert layer_steps == [6, 12, 18, 24]
+    last = [r for r in memory.records if r["kind"] == "scalars" and "train/loss" in r][-1]
+    assert last["pruning/target_sparsity"] == 0.5 and last["pruning/sparsity_after_last_prune"] == pytest.approx(0.5)
+    assert "pruning/threshold" not in last  # it never pruned

@@ -55,6 +55,10 @@ def test_config_job_prints_what_was_set_and_checks_it(capsys):
     assert status == 0 and "trackio_space_id" in out and len(out.splitlines()) > 150
     status, _, err = run_main(capsys, "--cfg", "job", "experiment=table6_ablation", "task=mrpc")
     assert status == 0, err  # a GPU recipe (bf16) composes and checks on a CPU: bf16 is the run's machine's to check
+    _, out, _ = run_main(capsys, "--cfg", "job", "experiment=study_ablation", "task=mrpc")
+    assert "  train_sampling_strategy: group_by_length" in out.splitlines()  # set in conf/: shown
+    status, _, err = run_main(capsys, "--cfg", "job", "+logger.wandb.projet=x")
+    assert status != 0 and "unknown config key 'logger.wandb.projet' (did you mean logger.wandb.project?)" in err
     _, out, _ = run_main(capsys, "--cfg", "job", "trainer.push_to_hub=true")  # set on the command line: shown
     assert "  push_to_hub: true" in out.splitlines()
     for bad, message in [("sparsity=1.5", "sparsity must lie in [0, 1), got sparsity=1.5"),
@@ -98,6 +102,8 @@ def test_optional_parts_are_checked_before_anything_loads(monkeypatch):
         check_plugins(["hydra/launcher=local_parallel"])
     with pytest.raises(UsageError, match=r"hydra_submitit_launcher"):
         check_plugins(["hydra/launcher=slurm"])
+    with pytest.raises(UsageError, match=r"hydra_submitit_launcher"):
+        check_plugins(["hydra/launcher=slurm_multi"])  # builds on slurm: followed
     check_plugins(["sweep=ablation_grid", "task=mrpc"])  # the basic sweeper: no plugin
 
 
@@ -119,6 +125,17 @@ def test_override_keys_of_untyped_nodes_and_groups_pass_to_hydra():
     check_override_keys(["model=tiny_bert", "task.max_length=64", "+prior.extra=1", "hydra.run.dir=x",
                          "hydra/launcher=basic", "logger.wandb.project=p", "~logger.wandb", "trainer.push_to_hub=true"])
     assert overrides_of(["-m", "--cfg", "job", "-cn", "train", "a=1", "--resolve", "b=2"]) == ["a=1", "b=2"]
+    assert overrides_of(["-sc", "install=bash"]) == []  # shell completion's argument is not an override
+
+
+def test_a_sweep_folder_name_leaves_out_what_changes_no_result():
+    from mgpp.config import job_dirname
+
+    assert job_dirname(["logger.wandb.project=x", "logger=[jsonl]", "resume=false", "lam=1e-6", "task=rte"],
+                       ["task"]) == "/lam=1e-6"
+    assert job_dirname(["data_dir=/a/b"]) == "/data_dir=_a_b" and job_dirname([]) == ""
+    long = job_dirname([f"k{i}=" + "v" * 30 for i in range(10)])
+    assert len(long) <= 201 and long != job_dirname([f"k{i}=" + "v" * 30 for i in range(9)])
 
 
 class _Schedule:
