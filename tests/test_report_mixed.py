@@ -209,3 +209,21 @@ def test_the_kept_weights_table_and_dev_curves_tolerate_unlogged_values(tmp_path
     runs = find_runs([tmp_path])
     assert runs[0].scalars("eval/accuracy") == ([20], [0.6])
     assert figure_dev_curves(_labelled_groups(runs, []), tmp_path / "dev.png", "eval_accuracy") is not None
+
+
+def test_figure2b_draws_every_seed_with_one_legend_entry(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from mgpp.report.figures import draw_figure2b
+
+    key = "pruning/kept_min_magnitude"
+    for seed in (1, 2, 3):
+        records = [{"kind": "scalars", "step": s, key: 0.01 * s * seed} for s in (10, 20, 30)]
+        make_run(tmp_path, f"mgpp{seed}", "mgpp", seed, 0.6, records=records)
+    fig = draw_figure2b(_labelled_groups(find_runs([tmp_path]), []))
+    lines = fig.axes[0].lines
+    assert len(lines) == 3 and [l.get_label() for l in lines].count("_nolegend_") == 2
+    assert lines[0].get_label() == "mgpp: smallest kept |θ| (seeds 1, 2, 3)"
+    assert sorted(l.get_ydata()[-1] for l in lines) == pytest.approx([0.3, 0.6, 0.9])
+    assert len({l.get_color() for l in lines}) == 1  # one method, one colour
+    plt.close(fig)

@@ -283,36 +283,44 @@ def _plot_series(ax, series: list[tuple[int, float]], label: str, kw: dict, name
     return single
 
 
-def _one_run_per_label(groups: dict[str, Sequence[Run]], methods: Sequence[str] | None) -> dict[str, Run]:
-    """The lowest-seed run with a log of each group whose method prunes and is in ``methods`` (None:
-    all), in the groups' order."""
-    chosen: dict[str, Run] = {}
+def _runs_per_label(groups: dict[str, Sequence[Run]], methods: Sequence[str] | None) -> dict[str, list[Run]]:
+    """Every seed's run with a log, of each group whose method prunes and is in ``methods`` (None:
+    all), in the groups' order, seeds ascending."""
+    chosen: dict[str, list[Run]] = {}
     for label, runs in groups.items():
         if methods is None or _method(label) in methods:
             logged = [r for r in sorted(runs, key=lambda r: r.get("seed", 0)) if r.records and _prunes(r)]
             if logged:
-                chosen[label] = logged[0]
+                chosen[label] = logged
     return chosen
 
 
 def draw_figure2b(groups: dict[str, Sequence[Run]], methods: Sequence[str] | None = None, title: str = "",
                   styles: dict[str, dict] | None = None):
     """Fig. 2b as a matplotlib figure (None when no run logged a boundary): see :func:`figure2b`."""
-    chosen = _one_run_per_label(groups, methods)
+    chosen = _runs_per_label(groups, methods)
     styles = {**label_styles(groups), **(styles or {})}  # a label the given styles lack still gets one
     plt = _pyplot()
     wide = len(chosen) > LEGEND_BESIDE
     fig, (ax, ax_regrowth) = plt.subplots(2, 1, figsize=(9.5 if wide else 6.5, 6), sharex=True, height_ratios=[2, 1])
     singles = []
-    for label, run in chosen.items():
-        kept = _positive(*run.scalars("pruning/kept_min_magnitude"))
-        series, what = (kept, "smallest kept |θ|") if kept else (_positive(*run.scalars("pruning/threshold")),
-                                                                 "largest pruned |θ|")
-        if series:
-            singles.append(_plot_series(ax, series, f"{label}: {what}", styles[label], lw=1.4, ms=4))
-        regrowth = _positive(*run.scalars("pruning/regrowth_mean"))
-        if regrowth:
-            _plot_series(ax_regrowth, regrowth, label, styles[label], name_single=False, lw=1, ms=3)
+    for label, runs in chosen.items():  # every seed, in the method's style; one legend entry naming them
+        seeds = ", ".join(str(r.get("seed", "?")) for r in runs)
+        for i, run in enumerate(runs):
+            kept = _positive(*run.scalars("pruning/kept_min_magnitude"))
+            series, what = (kept, "smallest kept |θ|") if kept else (_positive(*run.scalars("pruning/threshold")),
+                                                                     "largest pruned |θ|")
+            named = f"{label}: {what}" + (f" (seeds {seeds})" if len(runs) > 1 else "")
+            width = 1.4 if i == 0 else 0.9
+            if series:
+                singles.append(_plot_series(ax, series, named if i == 0 else "_nolegend_", styles[label],
+                                            name_single=i == 0, lw=width, ms=4 if i == 0 else 2, alpha=1 if i == 0
+                                            else 0.6))
+            regrowth = _positive(*run.scalars("pruning/regrowth_mean"))
+            if regrowth:
+                _plot_series(ax_regrowth, regrowth, label if i == 0 else "_nolegend_", styles[label],
+                             name_single=False, lw=1 if i == 0 else 0.7, ms=3 if i == 0 else 2,
+                             alpha=1 if i == 0 else 0.6)
     if not singles:
         plt.close(fig)
         return None
@@ -355,9 +363,9 @@ def figure2b(groups: dict[str, Sequence[Run]], path: str | Path, methods: Sequen
              title: str = "", styles: dict[str, dict] | None = None) -> Path | None:
     """The kept/pruned boundary over training (the smallest surviving |theta| right after each logged
     prune; the largest pruned score for older logs), and, on a second panel, the regrowth: the mean
-    |theta| the weights zeroed by the previous prune had reached before the next one. One line per
-    group (``{label: runs}``; its lowest seed) whose method prunes and is in ``methods`` (None: all),
-    styled as in :func:`figure2a`. A record without the value, or with it None, NaN or 0 (no prune
+    |theta| the weights zeroed by the previous prune had reached before the next one. A line per seed
+    of each group (``{label: runs}``) whose method prunes and is in ``methods`` (None: all), styled as
+    in :func:`figure2a`, the first seed's named in the legend with every seed. A record without the value, or with it None, NaN or 0 (no prune
     yet), is no point: the axis is logarithmic. A short run's few points each get a marker, and a
     series of one point says so. None when no run logged a boundary."""
     fig = draw_figure2b(groups, methods, title, styles)
