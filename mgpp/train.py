@@ -55,6 +55,9 @@ def build(node: DictConfig, **kwargs):
     """``instantiate(node)``, with the target's own ValueError/TypeError raised as such, prefixed
     by the config node (``prior: lam ... got lam=1.5``) instead of wrapped by Hydra."""
     label = node._get_full_key(None) or node._target_
+    unknown = _unknown_keys(node, label)
+    if unknown:
+        raise UsageError(unknown)
     try:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as err:
@@ -62,6 +65,29 @@ def build(node: DictConfig, **kwargs):
         if isinstance(cause, (ValueError, TypeError)):
             raise type(cause)(f"{label}: {cause}") from None
         raise
+
+
+def _unknown_keys(node: DictConfig, label: str) -> str | None:
+    """A key of a ``_target_`` node its class does not take (``prior.lamm``), named with the nearest
+    one it does; None when every key is known or the class takes any (``**kwargs``)."""
+    import difflib
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        parameters = inspect.signature(get_class(node._target_)).parameters
+    except (ImportError, ValueError, TypeError, AttributeError):
+        return None  # a target Hydra reports itself
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return None
+    known = set(parameters)
+    for key in node:
+        if not str(key).startswith("_") and key not in known:
+            hint = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+            return (f"unknown config key '{label}.{key}'" + (f" (did you mean {label}.{hint[0]}?)" if hint else "")
+                    + f"; {node._target_.rsplit('.', 1)[-1]} takes: {', '.join(sorted(known))}")
+    return None
 
 
 def build_method(cfg: DictConfig) -> PruningMethod:

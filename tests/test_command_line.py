@@ -57,6 +57,9 @@ def test_config_job_prints_what_was_set_and_checks_it(capsys):
     assert status == 0, err  # a GPU recipe (bf16) composes and checks on a CPU: bf16 is the run's machine's to check
     _, out, _ = run_main(capsys, "--cfg", "job", "experiment=study_ablation", "task=mrpc")
     assert "  train_sampling_strategy: group_by_length" in out.splitlines()  # set in conf/: shown
+    for key, nearest in (("+prior.lamm=1", "prior.lam"), ("+task.max_lenght=64", "task.max_length")):
+        status, _, err = run_main(capsys, "--cfg", "job", key)  # a _target_ node's key: its class's arguments
+        assert status != 0 and f"(did you mean {nearest}?)" in err, err
     status, _, err = run_main(capsys, "--cfg", "job", "+logger.wandb.projet=x")
     assert status != 0 and "unknown config key 'logger.wandb.projet' (did you mean logger.wandb.project?)" in err
     _, out, _ = run_main(capsys, "--cfg", "job", "trainer.push_to_hub=true")  # set on the command line: shown
