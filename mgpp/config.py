@@ -52,11 +52,13 @@ def job_dirname(overrides, named=()) -> str:
     """
     import hashlib
 
-    skipped = (*UNNAMED_OVERRIDES, *(named or ()))
+    named = set(named or ())
     kept = []
     for override in overrides or ():
         key = str(override).split("=", 1)[0].lstrip("+~")
-        if not any(key == k or key.startswith(k + ".") for k in skipped):  # logger.wandb.project too
+        # the unnamed keys with everything below them (logger.wandb.project); the named ones exactly
+        # (``task`` names the task's folder, ``task.max_length`` is a setting of its own)
+        if key not in named and not any(key == k or key.startswith(k + ".") for k in UNNAMED_OVERRIDES):
             kept.append(str(override))
     if not kept:
         return ""

@@ -137,6 +137,7 @@ def test_a_sweep_folder_name_leaves_out_what_changes_no_result():
     assert job_dirname(["logger.wandb.project=x", "logger=[jsonl]", "resume=false", "lam=1e-6", "task=rte"],
                        ["task"]) == "/lam=1e-6"
     assert job_dirname(["data_dir=/a/b"]) == "/data_dir=_a_b" and job_dirname([]) == ""
+    assert job_dirname(["task=rte", "task.max_length=64"], ["task"]) == "/task.max_length=64"  # named: exactly
     long = job_dirname([f"k{i}=" + "v" * 30 for i in range(10)])
     assert len(long) <= 201 and long != job_dirname([f"k{i}=" + "v" * 30 for i in range(9)])
 
