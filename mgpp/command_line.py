@@ -73,9 +73,10 @@ def _schema_keys() -> tuple[set[str], dict[str, set[str]]]:
     return top, {name: {f.name for f in fields(schema)} for name, schema in nested.items()}
 
 
-def _nearest(key: str, known: set[str]) -> str:
+def nearest(key: str, known, prefix: str = "") -> str:
+    """`` (did you mean <prefix><closest known key>?)``, or empty when none is close."""
     hint = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-    return f" (did you mean {hint[0]}?)" if hint else ""
+    return f" (did you mean {prefix}{hint[0]}?)" if hint else ""
 
 
 def check_override_keys(overrides: Sequence[str]) -> None:
@@ -95,11 +96,11 @@ def check_override_keys(overrides: Sequence[str]) -> None:
             continue
         head, _, rest = key.partition(".")
         if head not in top:
-            raise UsageError(f"unknown config key '{head}'{_nearest(head, top)}; the keys: python -m mgpp.train "
+            raise UsageError(f"unknown config key '{head}'{nearest(head, top)}; the keys: python -m mgpp.train "
                              "--cfg job")
         sub = rest.split(".", 1)[0]
         if sub and head in nested and sub not in nested[head]:
-            hint = _nearest(sub, nested[head]).replace("mean ", f"mean {head}.")
+            hint = nearest(sub, nested[head], f"{head}.")
             raise UsageError(f"unknown config key '{head}.{sub}'{hint}; the keys: python -m mgpp.train --cfg job"
                              + (" --all" if head == "trainer" else ""))
 
@@ -163,7 +164,7 @@ def check_logger_keys(node, where: str) -> None:
     known = {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
     for key in node:
         if key != "_target_" and key not in known:
-            raise UsageError(f"unknown config key '{where}.{key}'{_nearest(key, known).replace('mean ', f'mean {where}.')}")
+            raise UsageError(f"unknown config key '{where}.{key}'{nearest(key, known, f'{where}.')}")
 
 
 def check_requirements(target: str, where: str) -> None:

@@ -36,7 +36,7 @@ from transformers import TrainingArguments, set_seed
 from . import config as config_schema
 from .callback import PruningCallback
 from .command_line import (USER_ERRORS, UsageError, check_logger_keys, check_override_keys, check_plugins,
-                           check_requirements, config_dir,
+                           check_requirements, config_dir, nearest,
                            describe_error, overrides_of, report_error, show_job_config, wants_job_config)
 from .console import final_line, install_console, quiet_libraries
 from .distributed import export_slurm_env
@@ -70,7 +70,6 @@ def build(node: DictConfig, **kwargs):
 def _unknown_keys(node: DictConfig, label: str) -> str | None:
     """A key of a ``_target_`` node its class does not take (``prior.lamm``), named with the nearest
     one it does; None when every key is known or the class takes any (``**kwargs``)."""
-    import difflib
     import inspect
 
     from hydra.utils import get_class
@@ -84,9 +83,8 @@ def _unknown_keys(node: DictConfig, label: str) -> str | None:
     known = set(parameters)
     for key in node:
         if not str(key).startswith("_") and key not in known:
-            hint = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
-            return (f"unknown config key '{label}.{key}'" + (f" (did you mean {label}.{hint[0]}?)" if hint else "")
-                    + f"; {node._target_.rsplit('.', 1)[-1]} takes: {', '.join(sorted(known))}")
+            return (f"unknown config key '{label}.{key}'{nearest(str(key), known, f'{label}.')}"
+                    f"; {node._target_.rsplit('.', 1)[-1]} takes: {', '.join(sorted(known))}")
     return None
 
 
