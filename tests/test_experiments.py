@@ -273,8 +273,9 @@ def test_study_report_only_trains_nothing_and_writes_every_reading_table(tmp_pat
     invocations = [shlex.split(line) for line in calls.read_text().splitlines()]
     assert all(args[:2] == ["-m", "mgpp.report"] for args in invocations)
     outs = [args[args.index("--out") + 1].removeprefix("experiments/results/study_ablation") for args in invocations]
+    confirm = ["/confirm"] if (ROOT / "experiments/results/study_ablation/confirm").is_dir() else []
     assert outs == ["", "/followup", "/followup/comparisons/l2_vs_gmp", "/followup/comparisons/mgpp_by_slab",
-                    "/followup/comparisons/l2_by_slab"]
+                    "/followup/comparisons/l2_by_slab", *confirm]
     from mgpp.report.__main__ import parse_args
     for args in invocations[2:]:  # the pins parse against the call's --by keys
         parsed = parse_args(args[2:])
@@ -314,3 +315,34 @@ def test_study_followup_points_compose_into_their_own_folders():
     assert len(folders) == 5
     study = compose_train("experiment=study_ablation", "task=mrpc", hydra=True)
     assert study.hydra.run.dir.startswith("experiments/results/study_ablation/runs/")
+
+
+def test_study_confirmatory_block_runs_apart_with_its_verdict_split():
+    """run.sh's confirmatory blocks (fixed in the study README before they ran): each run composes into
+    its own folder under confirm/, evaluates dev and MRPC's labelled test set, and keeps the study's
+    recipe; the standard-recipe dense run trains as the dense search's chosen run did (lr 1e-4)."""
+    import subprocess
+
+    env = dict(os.environ, DRY_RUN="1", BLOCKS="confirm confirm_dense", SEEDS="11 12")
+    lines = subprocess.run(["bash", str(ROOT / "experiments/results/study_ablation/run.sh")], env=env,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(lines) == 10 and lines[0].endswith("seed=11") and lines[-1].endswith("seed=12")  # seed by seed
+    study = compose_train("experiment=study_ablation", "task=mrpc")
+    folders = set()
+    for line in lines:
+        cfg = compose_train("experiment=study_ablation", *line.split(), hydra=True)
+        validate(cfg)
+        assert list(cfg.task.eval_splits) == ["validation", "test"] and build(cfg.task).name == "mrpc"
+        assert cfg.hydra.run.dir.startswith("experiments/results/study_ablation/confirm/mrpc/")
+        folders.add(cfg.hydra.run.dir)
+        if "recipe=glue_standard" not in line:  # the study's recipe, untouched
+            assert OmegaConf.to_container(cfg.trainer, resolve=True) == OmegaConf.to_container(study.trainer, resolve=True)
+    assert len(folders) == 10
+    standard = compose_train("experiment=study_ablation", "sweep=study_confirm", "task=mrpc", "method=dense",
+                             "sparsity=0.0", "recipe=glue_standard")
+    searched = OmegaConf.load(next((ROOT / "experiments/results/study_ablation/search/dense/mrpc/seed1/lr0.0001")
+                                   .glob("*/config.yaml")))
+    same = ("learning_rate", "per_device_train_batch_size", "num_train_epochs", "warmup_steps", "weight_decay",
+            "lr_scheduler_type", "lr_scheduler_kwargs", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm")
+    for key in same:
+        assert OmegaConf.select(standard, f"trainer.{key}") == OmegaConf.select(searched, f"trainer.{key}"), key

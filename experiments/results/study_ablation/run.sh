@@ -12,6 +12,7 @@
 #   BLOCKS="mrpc90 mrpc_dense" SEEDS="1" experiments/results/study_ablation/run.sh   # a part of it
 #   BLOCKS=followup SEEDS=1 experiments/results/study_ablation/run.sh                 # the follow-up alone
 #   BLOCKS=mrpc80 SEEDS=3 METHODS="l2 mgpp" experiments/results/study_ablation/run.sh # some methods only
+#   BLOCKS="confirm confirm_dense" SEEDS="11 12 13 14 15" experiments/results/study_ablation/run.sh  # confirmatory
 #   DRY_RUN=1 experiments/results/study_ablation/run.sh                               # print the queue
 #   REPORT_ONLY=1 experiments/results/study_ablation/run.sh   # (make study-report) only the tables and figures
 set -euo pipefail
@@ -39,6 +40,11 @@ declare -A BLOCK=(
               task=mrpc sparsity=0.9 sweep=study_ablation_followup sigma0_sq=1e-6 sigma1_sq=1.0 method=mgpp"
   # its clearest point, the weak slab, for the seeds after the first (beside GMP's in mrpc90)
   [followup_slab]="task=mrpc sparsity=0.9 sweep=study_ablation_followup sigma1_sq=1.0 method=l2 mgpp"
+  # the confirmatory block (issue 27; fixed in README.md before its first run), in its own folder, verdict on
+  # MRPC's test set: SEEDS="11 12 13 14 15"; PA's block is added once sweeps/pa_search has chosen its setting
+  [confirm]="task=mrpc sparsity=0.9 sweep=study_confirm method=gmp l2 mgpp"
+  [confirm_dense]="task=mrpc sparsity=0.0 sweep=study_confirm method=dense
+                   task=mrpc sparsity=0.0 sweep=study_confirm recipe=glue_standard method=dense"
 )
 REQUIRED="mrpc_dense sst2_dense mrpc90 sst2_90 mrpc80"
 OPTIONAL="stsb_dense stsb90 rte_dense rte90 sst2_80"
@@ -110,4 +116,8 @@ if [ -d experiments/results/study_ablation/followup ]; then  # beside the study'
   followup_report followup/comparisons/mgpp_by_slab --no-figures \
       --reference 'mgpp@sigma1_sq=1.0' --compare 'mgpp@sigma1_sq=0.05'
   followup_report followup/comparisons/l2_by_slab --no-figures --reference 'l2@sigma1_sq=1.0' --compare 'l2@sigma1_sq=0.05'
+fi
+if [ -d experiments/results/study_ablation/confirm ]; then  # the confirmatory block: its own report (README.md)
+  "$PY" -m mgpp.report experiments/results/study_ablation/confirm --replicates 10000 \
+      --out experiments/results/study_ablation/confirm
 fi
