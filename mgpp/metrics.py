@@ -9,8 +9,6 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 __all__ = ["METRICS", "compute", "for_task", "prediction_spread", "rouge", "collapse_reason", "recorded_chance"]
 
@@ -24,13 +22,38 @@ def _scores(predictions: np.ndarray) -> np.ndarray:
     return np.asarray(predictions, dtype=np.float64).reshape(-1)
 
 
+def _accuracy(p: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import accuracy_score  # scikit-learn and scipy load in ~1 s: only when evaluating
+
+    return float(accuracy_score(y, _labels(p)))
+
+
+def _f1(p: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, _labels(p)))
+
+
+def _matthews(p: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    return float(matthews_corrcoef(y, _labels(p)))
+
+
+def _pearson(p: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import pearsonr
+
+    return float(pearsonr(_scores(p), np.asarray(y, dtype=np.float64))[0])
+
+
+def _spearman(p: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(_scores(p), np.asarray(y, dtype=np.float64))[0])
+
+
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "accuracy": lambda p, y: float(accuracy_score(y, _labels(p))),
-    "f1": lambda p, y: float(f1_score(y, _labels(p))),
-    "matthews_correlation": lambda p, y: float(matthews_corrcoef(y, _labels(p))),
-    "pearson": lambda p, y: float(pearsonr(_scores(p), np.asarray(y, dtype=np.float64))[0]),
-    "spearmanr": lambda p, y: float(spearmanr(_scores(p), np.asarray(y, dtype=np.float64))[0]),
-}
+    "accuracy": _accuracy, "f1": _f1, "matthews_correlation": _matthews, "pearson": _pearson, "spearmanr": _spearman}
 
 
 def _check_known(names: Sequence[str]) -> None:

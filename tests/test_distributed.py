@@ -131,6 +131,7 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str) -> None:
             names, saved = _whole_targets(callback, Path(out_dir))
             torch.save({"weights": full, "metrics": metrics, "logged": logged, "unsharded": unsharded,
                         "saved_targets": dict(zip(names, saved))}, os.path.join(out_dir, "fsdp.pt"))
+        dist.barrier()  # no rank tears gloo down while another still works: a busy machine aborted one (SIGABRT)
     finally:
         dist.destroy_process_group()
 
