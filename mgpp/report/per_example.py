@@ -82,15 +82,16 @@ def _headroom(runs: Sequence[Run], experiment: str, task: str, split: str, metri
 
     dense = [r for r in runs if r.finished and r.get("method.name") == "dense"
              and r.get("experiment_name", "default") == experiment and r.get("task.name") == task]
-    best, majority = math.nan, math.nan
+    references = []  # (mean over a group's seeds, the commonest label's score), one per dense setting
     for members in group_runs(dense).values():
         scores = [s for s in (run_scores(r).get(split) for r in members) if s is not None]
-        if not scores:
-            continue
-        ones = np.ones((1, len(scores[0].label)))
-        mean = float(np.mean([WEIGHTED_METRICS[metric](s.label, s.prediction, ones)[0] for s in scores]))
-        best, majority = (mean, _constant_majority(scores[0], metric)) if math.isnan(best) or mean > best \
-            else (best, majority)
+        if scores:
+            ones = np.ones((1, len(scores[0].label)))
+            mean = float(np.mean([WEIGHTED_METRICS[metric](s.label, s.prediction, ones)[0] for s in scores]))
+            references.append((mean, _constant_majority(scores[0], metric)))
+    if not references:
+        return math.nan
+    best, majority = max(references)
     return best - majority
 
 
