@@ -20,7 +20,12 @@ SMOKE_ARGS ?= max_train_samples=1024 max_eval_samples=256 train_size=67349 spars
 	trainer.per_device_train_batch_size=16 trainer.learning_rate=2e-4 trainer.logging_steps=10 trainer.eval_steps=0.5 \
 	logger=[jsonl] save_model=false
 
-.PHONY: install smoke train test bench bench-inference study study-report clean
+# What `make test-fast` runs: the engine (priors, schedules, pruner, callback, optimizer) and the config
+# files, in under a minute; `make test` runs everything CI runs, a worker per core.
+FAST_TESTS ?= tests/test_priors.py tests/test_schedules.py tests/test_pruning.py tests/test_callback.py \
+	tests/test_optimizer.py tests/test_config.py tests/test_metrics.py tests/test_paired.py tests/test_docs.py
+
+.PHONY: install smoke train test test-fast bench bench-inference study study-report clean
 
 install: $(STAMP)
 
@@ -37,7 +42,10 @@ train: install
 	$(PY) -m mgpp.train $(TRAIN_ARGS) $(ARGS)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal
+
+test-fast: install
+	$(PY) -m pytest -q -n auto --dist worksteal $(FAST_TESTS)
 
 bench: install
 	$(PY) benchmarks/bench_engine.py

@@ -21,12 +21,12 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
+from .checkpoints import checkpoint_folder, last_intact_checkpoint
 from .distributed import local_shards
 from .methods import PruningMethod
 from .pruning import FixedMask, Targets, reduce_over_ranks
@@ -117,8 +117,8 @@ class PruningCallback(TrainerCallback):
     def _saved_calibration(self, completed_steps: int) -> dict:
         if completed_steps <= 0 or self.trainer is None:
             return {}
-        path = os.path.join(self.trainer.args.output_dir, f"checkpoint-{completed_steps}", SCHEDULE_STATE_FILE)
-        if not os.path.isfile(path):
+        path = checkpoint_folder(self.trainer.args.output_dir, completed_steps) / SCHEDULE_STATE_FILE
+        if not path.is_file():
             return {}
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -126,9 +126,9 @@ class PruningCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         """Keep the schedule's calibration with the checkpoint just written."""
         calibration = self.schedule.calibration() if self.targets is not None else {}
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if calibration and os.path.isdir(folder):
-            with open(os.path.join(folder, SCHEDULE_STATE_FILE), "w", encoding="utf-8") as f:
+        folder = checkpoint_folder(args.output_dir, state.global_step)
+        if calibration and folder.is_dir():
+            with open(folder / SCHEDULE_STATE_FILE, "w", encoding="utf-8") as f:
                 json.dump(calibration, f)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -240,10 +240,11 @@ class PruningCallback(TrainerCallback):
                 or ["a tensor of another rank's shards"]
             checkpoint = ""
             if self.trainer is not None:
-                from transformers.trainer_utils import get_last_checkpoint
-
-                last = get_last_checkpoint(self.trainer.args.output_dir) if os.path.isdir(self.trainer.args.output_dir) else None
-                checkpoint = f"; the last checkpoint is {last}" if last else "; no checkpoint was saved"
+                try:
+                    last = last_intact_checkpoint(self.trainer.args.output_dir)
+                except ValueError:  # checkpoints, none intact
+                    last = None
+                checkpoint = f"; the last intact checkpoint is {last}" if last else "; no intact checkpoint was saved"
             raise FloatingPointError(
                 f"non-finite gradients at optimizer step {t} in {len(bad)} target tensor(s), e.g. {bad[0]}: the loss "
                 f"diverged{checkpoint}. Try a lower trainer.learning_rate, gradient clipping (trainer.max_grad_norm), "

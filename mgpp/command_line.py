@@ -6,13 +6,12 @@
   ``pip install`` that brings it, instead of Hydra's "Could not find 'hydra/sweeper/optuna'".
 - :func:`wants_job_config` / :func:`show_job_config`: ``--cfg job`` prints the keys that conf/ and the
   command line set (``--all``: every TrainingArguments field too) and checks them as a run would.
-- :class:`UsageError` and :data:`USER_ERRORS`: what is reported as one line, without a traceback
-  (``HYDRA_FULL_ERROR=1`` shows it).
+- :class:`UsageError` (defined in :mod:`mgpp.config`) and :data:`USER_ERRORS`: what is reported as one
+  line, without a traceback (``HYDRA_FULL_ERROR=1`` shows it).
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import os
 import sys
@@ -20,12 +19,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["UsageError", "USER_ERRORS", "check_override_keys", "check_plugins", "check_requirements", "check_logger_keys",
-           "wants_job_config", "show_job_config", "report_error", "describe_error", "config_dir", "overrides_of"]
+from .config import UsageError, config_dir, nearest
 
-
-class UsageError(ValueError):
-    """A command line that cannot run, said in one line."""
+__all__ = ["UsageError", "USER_ERRORS", "check_override_keys", "check_plugins", "check_requirements",
+           "wants_job_config", "show_job_config", "report_error", "describe_error", "overrides_of"]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -37,13 +34,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 #: errors a user can fix from what they say: printed as one line (their traceback with HYDRA_FULL_ERROR=1)
 USER_ERRORS = _user_errors()
-
-
-def config_dir() -> str:
-    """``conf/`` of a source checkout (editable installs, the repository), else the copy a wheel ships."""
-    here = Path(__file__).resolve().parent
-    checkout = here.parent / "conf"
-    return str(checkout if (checkout / "train.yaml").is_file() else here / "conf")
 
 
 def describe_error(err: BaseException) -> str:
@@ -71,12 +61,6 @@ def _schema_keys() -> tuple[set[str], dict[str, set[str]]]:
     nested = {"trainer": TrainerConfig, "report": ReportConfig, "model": ModelConfig, "method": MethodConfig,
               "pruning": PruningConfig}
     return top, {name: {f.name for f in fields(schema)} for name, schema in nested.items()}
-
-
-def nearest(key: str, known, prefix: str = "") -> str:
-    """`` (did you mean <prefix><closest known key>?)``, or empty when none is close."""
-    hint = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-    return f" (did you mean {prefix}{hint[0]}?)" if hint else ""
 
 
 def check_override_keys(overrides: Sequence[str]) -> None:
@@ -151,20 +135,6 @@ def _installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
         return False
-
-
-def check_logger_keys(node, where: str) -> None:
-    """A logger node's keys against its class's arguments: a misspelt one (``logger.wandb.projet``)
-    would be swallowed by the class's catch-all, so it is refused with the nearest."""
-    import inspect
-
-    from hydra.utils import get_class
-
-    parameters = inspect.signature(get_class(node["_target_"]).__init__).parameters
-    known = {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
-    for key in node:
-        if key != "_target_" and key not in known:
-            raise UsageError(f"unknown config key '{where}.{key}'{nearest(key, known, f'{where}.')}")
 
 
 def check_requirements(target: str, where: str) -> None:

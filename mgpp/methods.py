@@ -2,7 +2,8 @@
 
 The training code only ever sees a :class:`PruningMethod`. The methods of the paper are the
 files of ``conf/method/`` (each picks a prior and a schedule file; no branching on method
-names anywhere); :func:`preset` builds one from those same files, for use without Hydra:
+names anywhere); :func:`build_method` builds one from a composed config, :func:`preset` from those
+same files, for use without Hydra:
 
 ========  =====================  ======================================================
 method    prior                  schedule
@@ -21,12 +22,16 @@ import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .priors import NoPrior, Prior
 from .pruning import SPARSITY_TOLERANCE, GlobalPruner, TargetSelector
 from .schedules import NoPruning, Schedule
 
-__all__ = ["PruningMethod", "preset", "method_names", "knobs_read", "KNOBS"]
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+__all__ = ["PruningMethod", "build_method", "preset", "method_names", "knobs_read", "KNOBS"]
 
 
 @dataclass
@@ -45,8 +50,21 @@ class PruningMethod:
                              f"sparsity={reachable:.6g} (its pattern), or prune unstructured")
 
 
+def build_method(cfg: DictConfig) -> PruningMethod:
+    """The engine objects named by the config: no branching on the method's name."""
+    from .config import build
+
+    return PruningMethod(
+        prior=build(cfg.prior),
+        schedule=build(cfg.schedule),
+        pruner=build(cfg.pruning.pruner),
+        targets=TargetSelector(include=list(cfg.pruning.include), exclude=list(cfg.pruning.exclude),
+                               min_ndim=cfg.pruning.min_ndim),
+    )
+
+
 def _conf() -> Path:
-    from .command_line import config_dir
+    from .config import config_dir
 
     return Path(config_dir())
 
@@ -69,7 +87,6 @@ def preset(name: str, **knobs) -> PruningMethod:
     from hydra.core.global_hydra import GlobalHydra
 
     from . import config as _schema  # noqa: F401  registers the schema and resolvers
-    from .train import build_method
 
     def compose_with(overrides):
         """Compose from mgpp's own configs, whatever Hydra app (or test fixture) is initialised around."""

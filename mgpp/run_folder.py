@@ -9,7 +9,9 @@ logged keys from here, so that the two cannot drift apart::
     <run>/layer_sparsity.csv   per target tensor: weights, zeros, sparsity
     <run>/predictions/         per-example predictions of every evaluation: <split>/step<N>.csv
     <run>/model/               the pruned model (safetensors), with mask.safetensors after upstream pruning
-    <run>/checkpoints/         Trainer checkpoints, while a run may still be resumed
+    <run>/checkpoints/         Trainer checkpoints, while a run may still be resumed, each sealed
+                               (mgpp.checkpoints: checksums of every file, verified on resume)
+    <run>/run.lock, .run.lock  while a run is live: its holder, and the OS lock
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = ["RunFolder", "FolderInUse", "CONFIG_FILE", "LOG_FILE", "METRICS_FILE", "LAYER_FILE", "MODEL_DIR", "CHECKPOINT_DIR",
-           "MASK_FILE", "PREDICTIONS_DIR", "LAYER_COLUMNS", "LAYER_SPARSITY", "LAYER_TABLE", "NONZERO_HISTOGRAM", "LOG_MAGNITUDE_HISTOGRAM", "RESUME_IGNORES",
-           "config_changes", "checkpoint_problem", "make_checkpoints_atomic", "dashboard_key", "key_aliases", "flatten",
-           "portable"]
+           "MASK_FILE", "PREDICTIONS_DIR", "LOCK_FILE", "OS_LOCK_FILE", "LAYER_COLUMNS", "LAYER_SPARSITY", "LAYER_TABLE",
+           "NONZERO_HISTOGRAM", "LOG_MAGNITUDE_HISTOGRAM", "RESUME_IGNORES", "config_changes", "dashboard_key",
+           "key_aliases", "flatten", "portable"]
 
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.jsonl"
@@ -33,6 +35,8 @@ CHECKPOINT_DIR = "checkpoints"
 MASK_FILE = "mask.safetensors"
 PREDICTIONS_DIR = "predictions"  # per-example predictions of every evaluation (mgpp.predictions)
 SCHEDULE_STATE_FILE = "mgpp_schedule.json"  # in each checkpoint: the schedule's calibration (PA's start)
+LOCK_FILE = "run.lock"  # while a run is live: who holds the folder (pid, host), for the message a second run gets
+OS_LOCK_FILE = ".run.lock"  # the OS lock itself (filelock): the OS releases it when its process dies, kill -9 too
 LAYER_COLUMNS = ("parameter", "weights", "zeros", "sparsity")
 #: the weight histograms a run logs: the nonzero target values, and their log10 magnitudes (Fig. 2a)
 NONZERO_HISTOGRAM, LOG_MAGNITUDE_HISTOGRAM = "weights/nonzero_targets", "weights/nonzero_log10_magnitude"
@@ -111,94 +115,6 @@ def config_changes(saved: dict, current: dict, ignore: Iterable[str] = RESUME_IG
     return sorted(k for k in changed if not ignored(k))
 
 
-def _alive(pid) -> bool:
-    import os
-
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def checkpoint_problem(checkpoint: Path) -> str | None:
-    """What is wrong with a Trainer checkpoint folder, or None: the trainer state must parse, and
-    every safetensors file must hold the bytes its header declares (a partial write does not)."""
-    state = checkpoint / "trainer_state.json"
-    if not state.is_file():
-        return "no trainer_state.json (the write did not finish)"
-    try:
-        json.loads(state.read_text())
-    except ValueError as err:
-        return f"trainer_state.json does not parse ({err})"
-    weights = sorted(checkpoint.glob("*.safetensors"))
-    if not weights and not any(checkpoint.glob("*.bin")):
-        return "no model weights"
-    for path in weights:
-        data = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return f"{path.name} is truncated"
-            length = int.from_bytes(head, "little")
-            try:
-                header = json.loads(f.read(length))
-            except ValueError:
-                return f"{path.name} has a damaged header"
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-        if data != 8 + length + end:
-            return f"{path.name} holds {data} bytes, its header declares {8 + length + end}"
-    optimizer = checkpoint / "optimizer.pt"
-    if optimizer.exists() and optimizer.stat().st_size == 0:
-        return "optimizer.pt is empty"
-    return None
-
-
-def make_checkpoints_atomic(trainer) -> None:
-    """Make ``trainer`` write each checkpoint under a temporary name and rename it into place.
-
-    The Hugging Face Trainer writes ``checkpoint-N`` where it will stay, so a kill during the write
-    leaves a folder that looks like a checkpoint and is not. Here it writes into
-    ``<output_dir>/.staging/checkpoint-N``; only a complete checkpoint is renamed into
-    ``<output_dir>`` (an atomic rename on one filesystem), and the old ones are rotated there.
-    """
-    import os
-    import shutil
-
-    save, locate = trainer._save_checkpoint, trainer._get_output_dir
-
-    def atomic_save(model, trial, *args, **kwargs):
-        final = locate(trial)
-        staging = os.path.join(final, ".staging")
-        shutil.rmtree(staging, ignore_errors=True)  # what a killed write left
-        trainer._get_output_dir = lambda trial=None: staging
-        try:
-            save(model, trial, *args, **kwargs)
-        finally:
-            trainer._get_output_dir = locate
-        if not trainer.args.should_save:
-            return
-        for name in os.listdir(staging):
-            target = os.path.join(final, name)
-            if os.path.exists(target):
-                shutil.rmtree(target)
-            os.replace(os.path.join(staging, name), target)
-        os.rmdir(staging)
-        try:
-            from transformers.trainer_utils import rotate_checkpoints
-        except ImportError:  # transformers < 5: a Trainer method
-            trainer._rotate_checkpoints(use_mtime=False, output_dir=final)
-            return
-        rotate_checkpoints(output_dir=final, save_total_limit=trainer.args.save_total_limit,
-                           best_model_checkpoint=trainer.state.best_model_checkpoint, use_mtime=False)
-
-    trainer._save_checkpoint = atomic_save
-
-
 class FolderInUse(RuntimeError):
     """Another live run holds the folder."""
 
@@ -244,86 +160,69 @@ class RunFolder:
             return [json.loads(line) for line in f if line.strip()]
 
     def last_checkpoint(self) -> str | None:
-        """The newest intact checkpoint. A damaged one (a kill during its write, a truncated or
-        corrupted file) is skipped with a warning naming what is wrong; if checkpoints exist but
-        none is intact, a ValueError says so (resume=false starts afresh)."""
-        if not self.checkpoint_dir.is_dir():
-            return None
-        import logging
-        import re
+        """The newest intact checkpoint (``mgpp.checkpoints.last_intact_checkpoint``): damaged ones are
+        skipped with a warning naming the file; a ValueError when checkpoints exist and none is intact."""
+        from .checkpoints import last_intact_checkpoint
 
-        found = sorted((p for p in self.checkpoint_dir.iterdir() if re.fullmatch(r"checkpoint-\d+", p.name)),
-                       key=lambda p: int(p.name.split("-")[1]), reverse=True)
-        problems = []
-        for checkpoint in found:
-            problem = checkpoint_problem(checkpoint)
-            if problem is None:
-                for bad, why in problems:
-                    logging.getLogger(__name__).warning("skipping damaged %s (%s); resuming from %s", bad, why,
-                                                        checkpoint.name)
-                return str(checkpoint)
-            problems.append((checkpoint.name, problem))
-        if problems:
-            raise ValueError(f"{self.checkpoint_dir}: no intact checkpoint to resume from ("
-                             + "; ".join(f"{name}: {why}" for name, why in problems)
-                             + "); rerun with resume=false to start afresh")
-        return None
+        return last_intact_checkpoint(self.checkpoint_dir)
 
     # -- rules ---------------------------------------------------------------------------------
-    def check_resumable(self, resolved: dict) -> None:
+    def check_resumable(self, resolved: dict) -> str | None:
         """Refuse to resume or skip a run that was configured differently: its results would be mislabelled.
+        Returns the checkpoint to resume from (None when there is none, or the run is finished).
 
         Only a folder with something to skip or resume (``metrics.json``, a checkpoint) is checked: a
         run that failed before its first checkpoint starts again anyway, so a corrected config may.
         """
-        if self.finished_metrics() is None and self.last_checkpoint() is None:
-            return
+        finished = self.finished_metrics() is not None
+        checkpoint = None if finished else self.last_checkpoint()
+        if not finished and checkpoint is None:
+            return None
         saved = self.saved_config()
         if saved is None:
-            return
+            return checkpoint
         changes = config_changes(saved, resolved)
         if changes:
             shown = ", ".join(changes[:6]) + (", ..." if len(changes) > 6 else "")
             raise ValueError(f"{self.path} holds a run configured differently ({shown}); choose another output_dir "
                              "or set resume=false to overwrite it")
+        return checkpoint
 
     # -- one live run at a time -----------------------------------------------------------------
-    LOCK_FILE = "run.lock"
+    LOCK_FILE = LOCK_FILE
 
     def acquire(self) -> None:
-        """Take the folder for this process: a second live run into it is refused, naming the holder;
-        a lock left by a dead process on this host is taken over."""
+        """Take the folder for this process, before anything in it is read, moved or written: a second
+        live run into it is refused, naming the holder. The lock is an OS lock (filelock), so one left
+        by a dead process (kill -9, a crash) is free again."""
         import os
         import socket
+
+        from filelock import FileLock, Timeout
 
         if int(os.environ.get("RANK", "0")) != 0:  # multi-process training: rank 0 holds the folder
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        lock = self.path / self.LOCK_FILE
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
-        for _ in range(2):
+        lock = FileLock(self.path / OS_LOCK_FILE, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    holder = json.loads(lock.read_text() or "{}")
-                except (OSError, ValueError):
-                    holder = {}
-                if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
-                    lock.unlink(missing_ok=True)  # its holder died (kill -9, a crash): take it over
-                    continue
-                raise FolderInUse(f"{self.path} is in use by another run (pid {holder.get('pid')} on "
-                                   f"{holder.get('host')}); wait for it, or remove {lock} if that run is gone")
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            return
-        raise RuntimeError(f"could not take {lock}")
+                holder = json.loads((self.path / LOCK_FILE).read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            raise FolderInUse(f"{self.path} is in use by another run (pid {holder.get('pid')} on "
+                              f"{holder.get('host')}); wait for it to finish") from None
+        self._lock = lock
+        (self.path / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
 
     def release(self) -> None:
-        import os
-
-        if int(os.environ.get("RANK", "0")) == 0:
-            (self.path / self.LOCK_FILE).unlink(missing_ok=True)
+        lock = getattr(self, "_lock", None)
+        if lock is None:
+            return
+        (self.path / LOCK_FILE).unlink(missing_ok=True)
+        lock.release()  # .run.lock itself stays: removing it could let two processes lock two files
+        self._lock = None
 
     # -- writing -------------------------------------------------------------------------------
     def write_config(self, cfg) -> None:

@@ -28,75 +28,28 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException, InstantiationException
+from hydra.errors import CompactHydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
 from . import config as config_schema
 from .callback import PruningCallback
-from .command_line import (USER_ERRORS, UsageError, check_logger_keys, check_override_keys, check_plugins,
-                           check_requirements, config_dir, nearest,
+from .command_line import (USER_ERRORS, UsageError, check_override_keys, check_plugins, check_requirements,
                            describe_error, overrides_of, report_error, show_job_config, wants_job_config)
+from .config import build, check_target_keys, config_dir
 from .console import final_line, install_console, quiet_libraries
 from .distributed import export_slurm_env
 from .loggers import Loggers
-from .methods import PruningMethod
-from .pruning import TargetSelector, save_mask
-from .run_folder import CONFIG_FILE, MASK_FILE, METRICS_FILE, RunFolder, make_checkpoints_atomic
+from .methods import build_method
+from .pruning import save_mask
+from .checkpoints import SealCheckpoints
+from .run_folder import CONFIG_FILE, MASK_FILE, METRICS_FILE, OS_LOCK_FILE, RunFolder
 from .training_log import TrainingLogCallback
 
 log = logging.getLogger("mgpp.train")
 
-__all__ = ["train", "prepare", "build_method", "main", "finished_metrics"]
-
-
-def build(node: DictConfig, **kwargs):
-    """``instantiate(node)``, with the target's own ValueError/TypeError raised as such, prefixed
-    by the config node (``prior: lam ... got lam=1.5``) instead of wrapped by Hydra."""
-    label = node._get_full_key(None) or node._target_
-    unknown = _unknown_keys(node, label)
-    if unknown:
-        raise UsageError(unknown)
-    try:
-        return instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, (ValueError, TypeError)):
-            raise type(cause)(f"{label}: {cause}") from None
-        raise
-
-
-def _unknown_keys(node: DictConfig, label: str) -> str | None:
-    """A key of a ``_target_`` node its class does not take (``prior.lamm``), named with the nearest
-    one it does; None when every key is known or the class takes any (``**kwargs``)."""
-    import inspect
-
-    from hydra.utils import get_class
-
-    try:
-        parameters = inspect.signature(get_class(node._target_)).parameters
-    except (ImportError, ValueError, TypeError, AttributeError):
-        return None  # a target Hydra reports itself
-    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        return None
-    known = set(parameters)
-    for key in node:
-        if not str(key).startswith("_") and key not in known:
-            return (f"unknown config key '{label}.{key}'{nearest(str(key), known, f'{label}.')}"
-                    f"; {node._target_.rsplit('.', 1)[-1]} takes: {', '.join(sorted(known))}")
-    return None
-
-
-def build_method(cfg: DictConfig) -> PruningMethod:
-    """The engine objects named by the config: no branching on the method's name."""
-    return PruningMethod(
-        prior=build(cfg.prior),
-        schedule=build(cfg.schedule),
-        pruner=build(cfg.pruning.pruner),
-        targets=TargetSelector(include=list(cfg.pruning.include), exclude=list(cfg.pruning.exclude),
-                               min_ndim=cfg.pruning.min_ndim),
-    )
+__all__ = ["train", "prepare", "main", "finished_metrics"]
 
 
 #: TrainingArguments fields whose check depends on this machine's hardware (a GPU recipe on a CPU)
@@ -185,7 +138,7 @@ def prepare(cfg: DictConfig, hardware: bool = True):
     config_schema.validate(cfg, hardware=hardware)
     for name, node in cfg.logger.items():
         if node is not None:
-            check_logger_keys(node, f"logger.{name}")
+            check_target_keys(node, f"logger.{name}", strict=True)
             check_requirements(node._target_, f"logger.{name}")
     task = build(cfg.task)
     method = build_method(cfg)
@@ -206,22 +159,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task, method, training_args = prepare(cfg)
     folder = RunFolder(cfg.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    checkpoint = None
-    if cfg.resume:
-        folder.check_resumable(resolved)
-        done = folder.finished_metrics()
-        if done is not None:
-            log.info("%s is finished (%s): skipped; resume=false reruns it", folder.path, METRICS_FILE)
-            return done
-        checkpoint = folder.last_checkpoint()
-        if checkpoint:
-            log.info("resuming from %s", checkpoint)
-    else:
-        aside = folder.start_afresh()
-        if aside:
-            log.info("resume=false: the old checkpoints are moved to %s", aside)
-    folder.acquire()  # one live run per folder
+    folder.acquire()  # one live run per folder, taken before anything in it is read, moved or written
     try:
+        checkpoint = None
+        if cfg.resume:
+            checkpoint = folder.check_resumable(resolved)
+            done = folder.finished_metrics()
+            if done is not None:
+                log.info("%s is finished (%s): skipped; resume=false reruns it", folder.path, METRICS_FILE)
+                return done
+            if checkpoint:
+                log.info("resuming from %s", checkpoint)
+        else:
+            aside = folder.start_afresh()
+            if aside:
+                log.info("resume=false: the old checkpoints are moved to %s", aside)
         return _run(cfg, task, method, folder, resolved, checkpoint, training_args)
     finally:
         folder.release()
@@ -238,7 +190,6 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
     train_set, eval_sets = task.datasets(tokenizer, cfg.data_dir, cfg.max_train_samples, cfg.max_eval_samples,
                                          cfg.seed)
     trainer = task.make_trainer(model, training_args, train_set, eval_sets, tokenizer)
-    make_checkpoints_atomic(trainer)
     if cfg.trainer.get("fsdp") and not getattr(trainer, "is_fsdp_enabled", False):
         log.warning("trainer.fsdp is set but the Trainer runs without FSDP (accelerate shards on GPUs only; on CPUs "
                     "it falls back to DDP or one process): the targets are whole tensors on every rank")
@@ -253,13 +204,18 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
     loggers = _build_loggers(cfg, folder.path, resolved, checkpoint is not None) if main_process else Loggers([])
     logging_callback = TrainingLogCallback(loggers, pruning, cfg.report.histogram_every, cfg.report.histogram_bins)
     trainer.add_callback(logging_callback)
+    trainer.add_callback(SealCheckpoints())  # last: it seals what the Trainer and the callbacks above wrote
 
     # -- fit, then write: the run's own files first, the optional backends last
     metrics: dict[str, Any] = {}
     exit_code = 1  # until the run's files are written
     try:
         try:
-            trainer.train(resume_from_checkpoint=checkpoint)
+            if checkpoint and _training_done(checkpoint):  # killed after the last step's checkpoint, before metrics.json
+                log.info("%s holds the run's last step: finishing the run from it, without training", checkpoint)
+                _restore_last_step(trainer, pruning, checkpoint)
+            else:
+                trainer.train(resume_from_checkpoint=checkpoint)
         except Exception as err:  # a bug or a library's error mid-training keeps its traceback (see _hydra_main)
             err.mgpp_while_training = True
             raise
@@ -286,6 +242,30 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
         loggers.finish(logging_callback.summary | metrics, exit_code)
     log.info(final_line(metrics, cfg.task.get("main_metric"), time.time() - start))
     return metrics
+
+
+def _training_done(checkpoint: str) -> bool:
+    """Whether ``checkpoint`` is of the run's last optimizer step (resuming it, the Trainer would train one more)."""
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    return 0 < state.max_steps <= state.global_step and os.path.isfile(os.path.join(checkpoint, "model.safetensors"))
+
+
+def _restore_last_step(trainer, pruning: PruningCallback, checkpoint: str) -> None:
+    """The model and Trainer state of a checkpoint of the last step, restored as a resume would (the
+    optimizer is not needed: nothing trains), so that the run's files are written as the uninterrupted
+    run wrote them."""
+    from safetensors.torch import load_model
+    from transformers import TrainerState
+
+    missing, unexpected = load_model(trainer.model, os.path.join(checkpoint, "model.safetensors"), strict=False)
+    tied = set(getattr(trainer.model, "_tied_weights_keys", None) or ())  # stored once, as their source
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{checkpoint}/model.safetensors does not match the model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}); rerun with resume=false")
+    trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    pruning.setup(trainer.model, trainer.state.max_steps, trainer.state.global_step)
 
 
 def _whole_targets(pruning: PruningCallback, model_dir: Path) -> tuple[list[str], list[torch.Tensor]] | None:
@@ -333,7 +313,7 @@ def _forget_failed_start(cfg: DictConfig) -> None:
     folder = Path(hc.runtime.output_dir)
     if str(cfg.get("output_dir")) != str(folder) or not folder.is_dir():
         return  # an output_dir of the user's own: never touched
-    ours = {".hydra", CONFIG_FILE, f"{hc.job.name}.log"}
+    ours = {".hydra", CONFIG_FILE, f"{hc.job.name}.log", OS_LOCK_FILE}
     if any(p.name not in ours for p in folder.iterdir()):
         return
     for name in ours:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -23,6 +25,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs a worker per core:
 else:
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
+ROOT = Path(__file__).resolve().parents[1]
 VOCAB, HIDDEN, LAYERS, HEADS, FFN = 128, 32, 2, 2, 64
 
 
@@ -58,3 +61,56 @@ def tiny_bart() -> BartForConditionalGeneration:
 @pytest.fixture
 def bert():
     return tiny_bert()
+
+
+class Finished(NamedTuple):
+    """What a finished ``python -m mgpp.train`` gave: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def train_in_process(*args: str) -> Finished:
+    """``python -m mgpp.train *args`` run inside the test's process: the same entrypoint, command-line
+    checks and Hydra, without a new interpreter's imports (torch and transformers: ~7 s a run).
+    For tests of what a run does; tests of the process itself (exit codes of a shell, signals) spawn it."""
+    import contextlib
+    import io
+    import logging
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mgpp.train import main
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    loggers = {name: (lg.level, lg.propagate, list(lg.handlers))
+               for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    out, err, argv, cwd = io.StringIO(), io.StringIO(), sys.argv, os.getcwd()
+    code = 0
+    GlobalHydra.instance().clear()
+    try:
+        os.chdir(ROOT)
+        sys.argv = ["mgpp.train", *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:  # the run's file and console handlers (Hydra's job logging)
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, (lvl, propagate, own) in loggers.items():  # levels quiet_libraries set, handlers Hydra added
+            lg = logging.getLogger(name)
+            lg.setLevel(lvl)
+            lg.propagate = propagate
+            lg.handlers[:] = own
+    return Finished(code, out.getvalue(), err.getvalue())

@@ -342,38 +342,112 @@ def test_a_resumed_pa_run_keeps_its_original_calibration(tmp_path):
     assert fresh.schedule.sigma0_sq_init != first.schedule.sigma0_sq_init
 
 
-def test_checkpoints_are_written_atomically(tmp_path):
-    """A kill during a checkpoint's write leaves no checkpoint-N that looks complete: it is written
-    under .staging and renamed into place; old ones rotate as save_total_limit says."""
-    from mgpp.run_folder import RunFolder, make_checkpoints_atomic
+def sealed_run(tmp_path, limit=3, crash_at=None):
+    """A PA run (its schedule writes mgpp_schedule.json into checkpoints) saving every 8 of 24 steps,
+    sealed as train() seals them; ``crash_at``: killed during the write of that checkpoint."""
+    from mgpp.checkpoints import SealCheckpoints
 
-    def trainer_with(limit):
-        trainer = make_trainer(tmp_path / "checkpoints", tiny_bert(), steps=24, save_strategy="steps", save_steps=8,
-                               save_total_limit=limit)
-        make_checkpoints_atomic(trainer)
-        return trainer
+    trainer = make_trainer(tmp_path / "checkpoints", tiny_bert(), steps=24, save_strategy="steps", save_steps=8,
+                           save_total_limit=limit)
+    PruningCallback(preset("pa", sparsity=0.5, t_i=4, t_f=16), train_size=N).attach(trainer)
+    trainer.add_callback(SealCheckpoints())
+    if crash_at is not None:
+        real = trainer._save_rng_state
 
-    trainer_with(2).train()
+        def killed(output_dir):
+            if output_dir.endswith(f"checkpoint-{crash_at}"):
+                raise KeyboardInterrupt("killed during the write")
+            real(output_dir)
+
+        trainer._save_rng_state = killed
+    return trainer
+
+
+def test_every_checkpoint_is_sealed_with_every_file_it_holds(tmp_path):
+    """on_save comes after the Trainer wrote and rotated the checkpoint and after the pruning callback
+    wrote its calibration: the seal lists every file, and each kept checkpoint verifies."""
+    import json
+
+    from mgpp.checkpoints import MANIFEST_FILE, checkpoint_problem
+    from mgpp.run_folder import RunFolder
+
+    sealed_run(tmp_path, limit=2).train()
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert names == ["checkpoint-16", "checkpoint-24"]  # rotated, no .staging left
+    assert names == ["checkpoint-16", "checkpoint-24"]  # rotated before the seal
+    for name in names:
+        folder = tmp_path / "checkpoints" / name
+        sealed = set(json.loads((folder / MANIFEST_FILE).read_text())["files"])
+        assert sealed == {p.name for p in folder.iterdir() if p.name != MANIFEST_FILE}
+        assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+                "mgpp_schedule.json"} <= sealed
+        assert checkpoint_problem(folder) is None
     assert RunFolder(tmp_path).last_checkpoint().endswith("checkpoint-24")
 
-    import shutil
 
-    shutil.rmtree(tmp_path / "checkpoints")
-    crashing = trainer_with(3)
-    real = crashing._save_rng_state
+def test_transformers_release_was_checked_for_the_seal_contract():
+    """The seal relies on on_save following a complete checkpoint; a release it was not checked on fails here
+    (run the test above on it, then add it to CHECKED_TRANSFORMERS)."""
+    import transformers
 
-    def killed_at_16(output_dir):
-        if output_dir.endswith("checkpoint-16"):
-            raise KeyboardInterrupt("killed during the write")
-        real(output_dir)
+    from mgpp.checkpoints import CHECKED_TRANSFORMERS
 
-    crashing._save_rng_state = killed_at_16
+    assert ".".join(transformers.__version__.split(".")[:2]) in CHECKED_TRANSFORMERS, transformers.__version__
+
+
+@pytest.mark.parametrize("damage,named", [
+    ("flip", "model.safetensors differs from its seal"),  # one byte of the weights changed on disk
+    ("truncate", "optimizer.pt holds"),  # a partial copy
+    ("remove", "rng_state.pth is missing"),
+])
+def test_a_damaged_checkpoint_is_named_and_the_newest_intact_one_resumed(tmp_path, caplog, damage, named):
+    from mgpp.run_folder import RunFolder
+
+    sealed_run(tmp_path).train()
+    newest = tmp_path / "checkpoints" / "checkpoint-24"
+    if damage == "flip":
+        path = newest / "model.safetensors"
+        blob = bytearray(path.read_bytes())
+        blob[-5] ^= 0x40  # a mantissa bit of the last tensor: the file's size and header stay right
+        path.write_bytes(bytes(blob))
+    elif damage == "truncate":
+        path = newest / "optimizer.pt"
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        (newest / "rng_state.pth").unlink()
+    folder = RunFolder(tmp_path)
+    assert folder.last_checkpoint().endswith("checkpoint-16")
+    assert f"skipping damaged checkpoint-24 ({named}" in caplog.text
+    for step in (8, 16):
+        (tmp_path / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")  # changed too
+    with pytest.raises(ValueError, match="no intact checkpoint to resume from.*checkpoint-8: trainer_state.json "
+                                         "holds .*resume=false"):
+        folder.last_checkpoint()
+
+
+def test_a_checkpoint_cut_during_its_write_is_skipped(tmp_path):
+    """A kill during the write leaves checkpoint-16 without a seal: never resumed while sealed ones exist."""
+    from mgpp.run_folder import RunFolder
+
     with pytest.raises(KeyboardInterrupt):
-        crashing.train()
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [".staging", "checkpoint-8"]
+        sealed_run(tmp_path, crash_at=16).train()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-16", "checkpoint-8"]
     assert RunFolder(tmp_path).last_checkpoint().endswith("checkpoint-8")
+
+
+def test_checkpoints_of_an_older_mgpp_are_checked_for_completeness(tmp_path, caplog):
+    """A folder with no sealed checkpoint at all (written before the seals): each is checked for what its
+    structure shows, the newest complete one resumed with a warning; a truncated torch file is named."""
+    from mgpp.checkpoints import MANIFEST_FILE
+    from mgpp.run_folder import RunFolder
+
+    sealed_run(tmp_path).train()
+    for manifest in (tmp_path / "checkpoints").glob(f"*/{MANIFEST_FILE}"):
+        manifest.unlink()
+    optimizer = tmp_path / "checkpoints" / "checkpoint-24" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:1000])
+    assert RunFolder(tmp_path).last_checkpoint().endswith("checkpoint-16")
+    assert "checkpoint-24 (not sealed; optimizer.pt is truncated or damaged" in caplog.text
+    assert "checkpoint-16 has no seal" in caplog.text
 
 
 def test_resuming_onto_non_finite_weights_is_refused():

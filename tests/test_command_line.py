@@ -81,15 +81,28 @@ def test_a_refused_run_prints_one_line_and_leaves_no_folder(tmp_path):
 
 
 def test_a_folder_in_use_is_refused_in_one_line(tmp_path):
-    import json
+    """A second run into a live run's folder is refused before it touches anything there, resume=false
+    included: the live run's checkpoints are not moved aside, its config not rewritten."""
+    import os
     import socket
 
+    from mgpp.run_folder import RunFolder
+
     folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    proc = mgpp_train("model=tiny_bert", "task=rte", "logger=[jsonl]", f"hydra.run.dir={folder}")
-    assert proc.returncode != 0 and "is in use by another run" in proc.stderr and "Traceback" not in proc.stderr
-    assert (folder / "run.lock").exists()  # the live run's folder is left as it was
+    (folder / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    (folder / "config.yaml").write_text("the live run's\n")
+    live = RunFolder(folder)
+    live.acquire()  # this process is the live run
+    try:
+        for extra in ([], ["resume=false"]):
+            proc = mgpp_train("model=tiny_bert", "task=rte", "logger=[jsonl]", f"hydra.run.dir={folder}", *extra)
+            assert proc.returncode != 0 and "Traceback" not in proc.stderr
+            assert f"is in use by another run (pid {os.getpid()} on {socket.gethostname()})" in proc.stderr
+            assert (folder / "checkpoints" / "checkpoint-5").is_dir() and not (folder / "checkpoints.old-1").exists()
+            assert (folder / "config.yaml").read_text() == "the live run's\n"
+            assert (folder / "run.lock").exists()
+    finally:
+        live.release()
 
 
 def test_optional_parts_are_checked_before_anything_loads(monkeypatch):
@@ -115,7 +128,8 @@ def test_prepare_refuses_a_missing_logger_extra_by_name(monkeypatch):
     from hydra import compose, initialize_config_dir
 
     import mgpp.command_line as command_line
-    from mgpp.train import config_dir, prepare
+    from mgpp.config import config_dir
+    from mgpp.train import prepare
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=["model=tiny_bert", "logger=[jsonl,tensorboard]", "output_dir=/nonexistent"])

@@ -10,8 +10,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 import mgpp.config  # noqa: F401  registers the schema and the offline_model resolver
-from mgpp.config import validate
-from mgpp.train import build, build_method
+from mgpp.config import build, validate
+from mgpp.methods import build_method
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
@@ -343,32 +343,37 @@ def test_a_damaged_checkpoint_is_skipped_for_the_newest_intact_one(tmp_path, cap
     (newest / "model.safetensors").write_bytes(blob[: len(blob) // 2])  # killed mid-write
     folder = RunFolder(tmp_path)
     assert folder.last_checkpoint().endswith("checkpoint-10")
-    assert "skipping damaged checkpoint-20 (model.safetensors holds" in caplog.text
+    assert "skipping damaged checkpoint-20 (not sealed; model.safetensors holds" in caplog.text
     (tmp_path / "checkpoints" / "checkpoint-10" / "trainer_state.json").unlink()
     with pytest.raises(ValueError, match="no intact checkpoint to resume from.*resume=false"):
         folder.last_checkpoint()
 
 
 def test_one_live_run_per_folder(tmp_path):
+    """The folder's lock is an OS lock: a second holder is refused, naming the first; a lock whose
+    process died (kill -9) is free again, whatever its files say."""
     import json
     import os
     import socket
     import subprocess
+    import sys
 
-    from mgpp.run_folder import RunFolder
+    from mgpp.run_folder import FolderInUse, RunFolder
 
-    folder = RunFolder(tmp_path)
+    first, second = RunFolder(tmp_path), RunFolder(tmp_path)
+    first.acquire()
     host = socket.gethostname()
-    (tmp_path / "run.lock").write_text(json.dumps({"pid": os.getppid(), "host": host}))  # a live process
-    with pytest.raises(RuntimeError, match=f"in use by another run \\(pid {os.getppid()} on {host}\\)"):
-        folder.acquire()
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    (tmp_path / "run.lock").write_text(json.dumps({"pid": dead.pid, "host": host}))  # killed: taken over
-    folder.acquire()
-    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
-    folder.release()
+    with pytest.raises(FolderInUse, match=f"in use by another run \\(pid {os.getpid()} on {host}\\)"):
+        second.acquire()
+    first.release()
     assert not (tmp_path / "run.lock").exists()
+    holder = ("from mgpp.run_folder import RunFolder; import os, sys; RunFolder(sys.argv[1]).acquire(); "
+              "os.kill(os.getpid(), 9)")  # dies holding it, leaving its run.lock behind
+    subprocess.run([sys.executable, "-c", holder, str(tmp_path)])
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] != os.getpid()
+    second.acquire()
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    second.release()
 
 
 def test_bad_squad_and_summarization_files_are_named(tmp_path):

@@ -42,7 +42,7 @@ def test_llama_targets_are_the_attention_and_mlp_projections():
 @pytest.mark.parametrize("model", ["tiny_gpt2", "tiny_llama"])
 def test_causal_lm_run_prunes_a_decoder_to_its_exact_sparsity(tmp_path, model):
     run_train(*QUICK, f"model={model}", "task=clm_local", "method=mgpp", "sparsity=0.8", "logger=[jsonl]",
-              "task.max_length=64", f"hydra.run.dir={tmp_path}", "resume=false")
+              "task.max_length=32", f"hydra.run.dir={tmp_path}", "resume=false")  # the 30,522-way head dominates
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["train_steps"] == 24 and metrics["eval_perplexity"] > 1.0
     pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "model")

@@ -1,9 +1,6 @@
 """``python -m mgpp.train`` end to end on a tiny BERT and the real GLUE files in ../shared/data."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +9,8 @@ import yaml
 
 from mgpp.tasks.glue_data import find_glue_dir, load_glue
 from mgpp.pruning import TargetSelector, num_to_prune
+
+from conftest import train_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = find_glue_dir()
@@ -25,9 +24,8 @@ PRUNING_KEYS = ["pruning/target_sparsity", "pruning/zero_fraction_now", "pruning
 
 
 def run_train(*overrides, check=True):
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mgpp.train", *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    """``python -m mgpp.train *overrides``, in this process (conftest.train_in_process)."""
+    proc = train_in_process(*overrides)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -192,6 +190,26 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     assert metrics["train_steps"] == 24 and metrics["sparsity"] == pytest.approx(0.9, abs=1e-4)
     steps = [r["step"] for r in read_jsonl(tmp_path / "log.jsonl") if r["kind"] == "scalars" and "train/loss" in r]
     assert steps.count(16) == 2 and steps[-1] == 24  # the log continues: steps 16-24 again after the resume
+
+
+def test_a_run_killed_after_its_last_checkpoint_finishes_without_training_again(tmp_path):
+    """Every step done and checkpointed, metrics.json not yet written (a kill while model/ was saved): the
+    rerun writes the run's files from the last checkpoint, with the uninterrupted run's results."""
+    from safetensors.torch import load_file
+
+    args = [*QUICK, "model=tiny_bert", "task=rte", "method=mgpp", "logger=[jsonl]", "trainer.save_strategy=steps",
+            "trainer.save_steps=12", f"hydra.run.dir={tmp_path}"]
+    run_train(*args)
+    finished = json.loads((tmp_path / "metrics.json").read_text())
+    weights = load_file(tmp_path / "model" / "model.safetensors")
+    (tmp_path / "metrics.json").unlink()
+    proc = run_train(*args)
+    assert "checkpoint-24 holds the run's last step: finishing the run from it, without training" in proc.stdout + proc.stderr
+    again = json.loads((tmp_path / "metrics.json").read_text())
+    assert again["train_steps"] == 24
+    assert {k: v for k, v in again.items() if k != "wall_time_s"} == {k: v for k, v in finished.items() if k != "wall_time_s"}
+    rewritten = load_file(tmp_path / "model" / "model.safetensors")
+    assert all(torch.equal(weights[name], rewritten[name]) for name in weights)
 
 
 DASHBOARD_KEYS = {"train/loss", "train/learning_rate", "eval/accuracy", "pruning/zero_fraction_now", "pruning/target_sparsity",

@@ -27,11 +27,11 @@ from .runs import find_runs, wandb_runs
 from .per_example import all_comparisons, comparisons_csv, per_example_markdown
 from .tables import (cells_from_runs, compare, differences_markdown, group_label, group_runs, kept_weights,
                      kept_weights_markdown, load_experiment_paper, method_rank, parse_method_spec, percent_scale,
-                     summarize, to_csv, to_markdown)
+                     seed_duplicates, summarize, to_csv, to_markdown)
 
 def _experiment_dirs() -> list[Path]:
     """Where experiment files live: experiments/ of a checkout, the experiment group a wheel ships."""
-    from ..command_line import config_dir
+    from ..config import config_dir
 
     return [Path(__file__).resolve().parents[2] / "experiments", Path(config_dir()) / "experiment"]
 
@@ -131,21 +131,25 @@ def main(argv=None) -> int:
         return 1
 
 
-def read_runs(args, folders: list[Path], experiment_files: list[Path]) -> list:
+def read_runs(args, folders: list[Path], experiment_files: list[Path], left_out: list | None = None) -> list:
     """The runs of ``folders`` (and W&B). Raises FileNotFoundError for paths that do not exist (all named
     at once), :class:`ReportError` for folders without one finished run when no experiment file gives a
-    table to print anyway."""
+    table to print anyway. Runs whose files are damaged are left out, each with a warning, and appended
+    to ``left_out`` (:class:`~mgpp.report.runs.LeftOut`)."""
     missing = [str(f) for f in folders if not f.exists()]
     if missing:
         raise FileNotFoundError(f"no such run or sweep folder (nor experiment file): {', '.join(missing)}")
-    runs = find_runs(folders)
+    left_out = [] if left_out is None else left_out
+    runs = find_runs(folders, left_out=left_out)
     if args.wandb:
         runs += wandb_runs(args.wandb, {"group": args.wandb_group} if args.wandb_group else None)
     finished = [r for r in runs if r.finished]
     if not finished and not experiment_files:
         where = ", ".join([*map(str, folders), *([f"W&B {args.wandb}"] if args.wandb else [])])
-        raise ReportError(f"no finished run in {where}: {len(runs)} runs found, none finished (no metrics.json yet)"
-                          if runs else f"no run found in {where}")
+        damaged = f"; {len(left_out)} left out as damaged: " + "; ".join(f"{x.path}: {x.reason}" for x in left_out[:3]) \
+            if left_out else ""
+        raise ReportError((f"no finished run in {where}: {len(runs)} runs found, none finished (no metrics.json yet)"
+                           if runs else f"no run found in {where}") + damaged)
     for folder in folders:  # one empty folder among others: most likely a wrong path
         if not any(r.path and r.path.is_relative_to(folder) for r in runs):
             log.warning("%s holds no run folder (no config.yaml under it)", folder)
@@ -156,7 +160,8 @@ def read_runs(args, folders: list[Path], experiment_files: list[Path]) -> list:
 def report(args) -> int:
     """Tables (report.md, results.csv) and figures from the runs and experiment files ``args`` names."""
     folders, experiment_files = split_inputs(args.paths)
-    runs = read_runs(args, folders, experiment_files)
+    left_out: list = []
+    runs = read_runs(args, folders, experiment_files, left_out)
     finished = [r for r in runs if r.finished]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +186,9 @@ def report(args) -> int:
     to_csv(rows, out / "results.csv", paper)
 
     figure_lines = [] if args.no_figures else [f"![{p.stem}](figures/{p.name})" for p in make_figures(args, runs, out)]
+    left = left_out_markdown(left_out, seed_duplicates(runs, args.by), runs)
+    if left:
+        markdown += "\n" + left
     lines = ["# Results", "", f"{len(finished)} finished runs from: "
              + ", ".join([*map(str, args.paths), *([f"W&B {args.wandb}"] if args.wandb else [])]), "", markdown]
     if figure_lines:
@@ -190,6 +198,27 @@ def report(args) -> int:
     log.info("wrote %s, %s%s", out / "report.md", out / "results.csv",
              f" and {len(figure_lines)} figures in {out / 'figures'}" if figure_lines else "")
     return 0
+
+
+def _name(run) -> str:
+    return f"`{run.path}`" if run.path is not None else f"W&B run (seed {run.get('seed')})"
+
+
+def left_out_markdown(damaged: list, duplicates: list, runs: list) -> str:
+    """``## Runs left out``: the runs the report does not count and why (a damaged file, another run of
+    the same cell and seed), and the damaged log lines it skipped; empty when there are none."""
+    for run in runs:  # read every finished run's log, so that a damaged line is named wherever it is
+        if run.finished:
+            run.records  # noqa: B018  (cached; warns once per damaged log)
+    skipped = [line for run in runs for line in run.skipped_lines]
+    if not damaged and not duplicates and not skipped:
+        return ""
+    out = ["## Runs left out", ""]
+    out += [f"- `{entry.path}`: {entry.reason}; the run is left out" for entry in damaged]
+    out += [f"- {_name(run)}: seed {run.get('seed')} is counted from {_name(kept)} (the same task, method, sparsity "
+            "and settings); this run is left out" for run, kept in duplicates]
+    out += [f"- `{file}`, {where}: damaged, skipped (the run's other records are used)" for file, where in skipped]
+    return "\n".join(out) + "\n"
 
 
 def make_figures(args, runs, out: Path) -> list[Path]:
