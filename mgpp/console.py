@@ -147,11 +147,10 @@ class LossWatch(TrainerCallback):
 
 def install_console(trainer, pruning, main_metric: str | None, verbose: bool) -> None:
     """Replace the Trainer's printer (or progress bar) with ours; ``verbose`` keeps the Trainer's own. Either
-    way a :class:`LossWatch` says when the loss blows up."""
+    way a :class:`LossWatch` says when the loss blows up (after the step's line)."""
+    if not verbose:
+        if trainer.pop_callback(PrinterCallback) is not None:
+            trainer.add_callback(_Lines(pruning, main_metric))
+        elif trainer.pop_callback(ProgressCallback) is not None:
+            trainer.add_callback(_BarAndLines(pruning, main_metric))
     trainer.add_callback(LossWatch())
-    if verbose:
-        return
-    if trainer.pop_callback(PrinterCallback) is not None:
-        trainer.add_callback(_Lines(pruning, main_metric))
-    elif trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(_BarAndLines(pruning, main_metric))

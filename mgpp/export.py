@@ -1,6 +1,6 @@
 """A pruned model that is small on disk: each pruned matrix as a packed bitmask plus its nonzero values.
 
-``python -m mgpp.export <run>/model --out <dir> [--values fp32|fp16|bf16]`` writes
+``python -m mgpp.export <run>/model --out <dir> [--values fp32|fp16|bf16] [--replace]`` writes
 
 * ``model.sparse.safetensors``: for each pruned matrix ``W``, the tensors ``W::mask`` (uint8, one
   bit per element of ``W`` in row-major order, little-endian bit order: element ``i`` is bit
@@ -14,7 +14,9 @@
 bit-identical to the pruned model's. A matrix counts as pruned when at least ``min_sparsity`` of
 it is exactly zero (embeddings, norms and the task head of a pruned model stay dense and keep
 their dtype). Every tensor is checked against the manifest on load: a truncated or corrupted file,
-or a manifest that does not match the file, fails with an error naming the tensor.
+or a manifest that does not match the file (a shape, a dtype, a count), fails with a
+:class:`SparseFormatError` naming the file and, where it is known, the tensor. A non-empty ``--out``
+is refused unless ``--replace``; the export is written beside it and swapped in whole.
 """
 
 from __future__ import annotations
@@ -190,30 +192,79 @@ def _state_dict_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def export_sparse(source, out_dir, values: str = "keep", min_sparsity: float = 0.2) -> ExportSummary:
+def _check_out_dir(out_dir: Path, model_dir: Path | None, replace: bool) -> None:
+    """Refuse an ``out_dir`` that holds anything (unless ``replace``), or whose replacement would delete
+    the model being exported."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"--out {out_dir} is a file, not a folder")
+    if model_dir is not None:
+        if out_dir.resolve() == model_dir.resolve():
+            raise ValueError("--out must be a different folder from the model's")
+        if replace and model_dir.resolve().is_relative_to(out_dir.resolve()):
+            raise ValueError(f"the model folder {model_dir} is inside --out {out_dir}: replacing --out would delete "
+                             "it; choose another --out")
+    held = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if held and not replace:
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise FileExistsError(f"--out {out_dir} is not empty (it holds {shown}): choose another folder, or replace "
+                              "it whole with --replace (replace=True)")
+
+
+def _swap_in(new: Path, out_dir: Path) -> None:
+    """Put the finished folder ``new`` (a sibling of ``out_dir``) in ``out_dir``'s place, whatever was there
+    moved aside first and deleted last: no file of an old export survives beside the new one."""
+    if not out_dir.exists():
+        new.rename(out_dir)
+        return
+    aside = new.with_name(new.name.replace(".partial-", ".old-"))
+    out_dir.rename(aside)
+    try:
+        new.rename(out_dir)
+    except BaseException:
+        aside.rename(out_dir)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def export_sparse(source, out_dir, values: str = "keep", min_sparsity: float = 0.2,
+                  replace: bool = False) -> ExportSummary:
     """Write ``source`` (a model folder saved by ``save_pretrained`` or a ``PreTrainedModel``) to
     ``out_dir`` in the sparse format. Matrices with at least ``min_sparsity`` exact zeros are stored
     as mask + values; the rest unchanged. ``values``: ``keep`` (each matrix's own dtype: exact),
     or ``fp16``/``bf16``/``fp32`` to round the kept values to it (never widening a narrower dtype;
-    a value that overflows the narrower dtype is refused, naming the tensor)."""
-    from safetensors.torch import save_file
+    a value that overflows the narrower dtype is refused, naming the tensor).
+
+    An ``out_dir`` that holds anything is refused unless ``replace``; the export is written into a
+    temporary sibling folder and swapped in whole once complete, so a failed export leaves ``out_dir``
+    as it was and a replaced one keeps no file of the old."""
+    import uuid
 
     if values not in VALUE_DTYPES:
         raise ValueError(f"values must be one of {sorted(VALUE_DTYPES)}, got values={values!r}")
     if not 0.0 < min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must lie in (0, 1], got min_sparsity={min_sparsity}")
     out_dir = Path(out_dir)
-    if isinstance(source, torch.nn.Module):
-        state, model_dir = _state_dict_of(source), None
-    else:
-        model_dir = Path(source)
-        if not model_dir.is_dir():
-            raise FileNotFoundError(f"no model folder at {model_dir}")
-        if out_dir.resolve() == model_dir.resolve():
-            raise ValueError("--out must be a different folder from the model's")
-        state = read_state_dict(model_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = None if isinstance(source, torch.nn.Module) else Path(source)
+    if model_dir is not None and not model_dir.is_dir():
+        raise FileNotFoundError(f"no model folder at {model_dir}")
+    _check_out_dir(out_dir, model_dir, replace)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        summary = _write_export(source, model_dir, staging, values, min_sparsity)
+        _swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    summary.out_dir = out_dir
+    return summary
 
+
+def _write_export(source, model_dir: Path | None, out_dir: Path, values: str, min_sparsity: float) -> ExportSummary:
+    from safetensors.torch import save_file
+
+    state = _state_dict_of(source) if model_dir is None else read_state_dict(model_dir)
     tensors, manifest = {}, {}
     dense_bytes = pruned_dense = pruned_bytes = zeros = pruned_numel = 0
     for name, t in state.items():
@@ -243,7 +294,7 @@ def export_sparse(source, out_dir, values: str = "keep", min_sparsity: float = 0
     num_pruned = sum(e["stored"] != "dense" for e in manifest.values())
     if num_pruned == 0:
         warnings.warn(f"no matrix of the model has {min_sparsity:.0%} or more exact zeros: it does not look pruned, "
-                      "so every tensor is stored dense (the export is correct but no smaller)", stacklevel=2)
+                      "so every tensor is stored dense (the export is correct but no smaller)", stacklevel=3)
     save_file(tensors, str(out_dir / SPARSE_FILE), metadata={"format": FORMAT, "version": str(VERSION)})
     with open(out_dir / MANIFEST_FILE, "w", encoding="utf-8") as f:
         json.dump({"format": FORMAT, "version": VERSION, "values": values, "min_sparsity": min_sparsity,
@@ -264,8 +315,30 @@ def export_sparse(source, out_dir, values: str = "keep", min_sparsity: float = 0
 
 
 # -- load ------------------------------------------------------------------------------------------
+#: bytes per element of each safetensors dtype (None: less than a byte)
+SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "F8_E4M3FNUZ": 1,
+                      "F8_E5M2FNUZ": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
+                      "C64": 8, "F64": 8, "I64": 8, "U64": 8, "F4": None, "F6_E2M3": None, "F6_E3M2": None}
+
+
+def _tensor_of(key: str) -> str:
+    return key.split("::")[0]
+
+
+def _named(key: str) -> str:
+    """``tensor 'W' (W::mask)`` for a stored part of a pruned matrix, ``tensor 'b'`` for a dense tensor."""
+    return f"tensor {_tensor_of(key)!r}" + (f" ({key})" if "::" in key else "")
+
+
+def _is_counts(value, length: int | None = None) -> bool:
+    """A list of non-negative ints (of ``length`` when given)."""
+    return isinstance(value, list) and (length is None or len(value) == length) and \
+        all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
 def _safetensors_extents(path: Path) -> dict[str, tuple[int, int]]:
-    """Where each tensor's bytes lie in a safetensors file, from its header (8-byte length + JSON)."""
+    """Where each tensor's bytes lie in a safetensors file, from its header (8-byte length + JSON), every
+    entry checked (dtype, shape, offsets, and that the bytes the shape needs are the bytes it has)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -279,36 +352,96 @@ def _safetensors_extents(path: Path) -> dict[str, tuple[int, int]]:
             header = json.loads(f.read(header_len))
         except ValueError as err:
             raise SparseFormatError(f"{path}: the safetensors header is corrupted ({err})") from None
+    if not isinstance(header, dict):
+        raise SparseFormatError(f"{path}: the safetensors header is corrupted (not a JSON object)")
+    metadata = header.get("__metadata__")
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise SparseFormatError(f"{path}: the safetensors header's metadata is {metadata!r}, not an {FORMAT} file's")
     start = 8 + header_len
-    extents = {k: (start + v["data_offsets"][0], start + v["data_offsets"][1])
-               for k, v in header.items() if k != "__metadata__"}
+    extents = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        where = f"{path}: {_named(key)} in the safetensors header"
+        if not isinstance(entry, dict) or entry.keys() != {"dtype", "shape", "data_offsets"}:
+            raise SparseFormatError(f"{where} is corrupted (not a dtype, shape and data_offsets entry)")
+        if entry["dtype"] not in SAFETENSORS_DTYPES:
+            raise SparseFormatError(f"{where} has dtype {entry['dtype']!r}, which is not a safetensors dtype")
+        if not _is_counts(entry["shape"]) or not _is_counts(entry["data_offsets"], 2) or \
+                entry["data_offsets"][0] > entry["data_offsets"][1]:
+            raise SparseFormatError(f"{where} is corrupted (shape {entry['shape']!r}, data_offsets "
+                                    f"{entry['data_offsets']!r})")
+        begin, end = entry["data_offsets"]
+        item = SAFETENSORS_DTYPES[entry["dtype"]]
+        if item is not None and end - begin != math.prod(entry["shape"]) * item:
+            raise SparseFormatError(f"{where} is corrupted: {entry['dtype']} of shape {entry['shape']} needs "
+                                    f"{math.prod(entry['shape']) * item} bytes, its data_offsets give {end - begin}")
+        extents[key] = (start + begin, start + end)
     for key, (_, end) in sorted(extents.items(), key=lambda kv: kv[1]):
         if end > size:
-            raise SparseFormatError(f"{path} is truncated: tensor {key.split('::')[0]!r} ({key}) needs bytes up to "
+            raise SparseFormatError(f"{path} is truncated: {_named(key)} needs bytes up to "
                                     f"{end}, the file ends at {size}")
     return extents
+
+
+def _read_json(path: Path, what: str):
+    """A JSON file, its damage named (file, line, column) as a :class:`SparseFormatError`."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise SparseFormatError(f"{path} is not valid JSON: not UTF-8 text (byte offset {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise SparseFormatError(f"{path} is not valid JSON ({what}; line {err.lineno}, column {err.colno}: "
+                                f"{err.msg})") from None
+
+
+#: what a manifest entry holds, by how the tensor is stored
+_ENTRY_KEYS = {"dense": ("shape", "dtype", "crc32"),
+               "mask+values": ("shape", "dtype", "values_dtype", "nnz", "crc32_mask", "crc32_values")}
 
 
 def read_manifest(export_dir) -> dict:
     path = Path(export_dir) / MANIFEST_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST_FILE} in {export_dir}: not a sparse export (python -m mgpp.export)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise SparseFormatError(f"{path} is not valid JSON ({err})") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise SparseFormatError(f"{path} is format {manifest.get('format')!r} version {manifest.get('version')!r}; "
-                                f"this mgpp reads {FORMAT!r} version {VERSION}")
+    manifest = _read_json(path, "the export's manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        found = manifest if not isinstance(manifest, dict) else f"{manifest.get('format')!r} version " \
+            f"{manifest.get('version')!r}"
+        raise SparseFormatError(f"{path} is format {found}; this mgpp reads {FORMAT!r} version {VERSION}")
+    if manifest.get("values", "keep") not in VALUE_DTYPES:
+        raise SparseFormatError(f"{path}: values {manifest.get('values')!r} is not one of {sorted(VALUE_DTYPES)}")
+    if not isinstance(manifest.get("tensors"), dict):
+        raise SparseFormatError(f"{path}: no 'tensors' table")
+    for name, entry in manifest["tensors"].items():
+        stored = entry.get("stored") if isinstance(entry, dict) else None
+        if stored not in _ENTRY_KEYS:
+            raise SparseFormatError(f"{path}: tensor {name!r} is stored {stored!r}, not one of {sorted(_ENTRY_KEYS)}")
+        for key in _ENTRY_KEYS[stored]:
+            if key not in entry:
+                raise SparseFormatError(f"{path}: tensor {name!r} has no {key!r}")
+        if not _is_counts(entry["shape"]):
+            raise SparseFormatError(f"{path}: tensor {name!r} has shape {entry['shape']!r}, not a list of sizes")
     return manifest
 
 
+def _manifest_dtype(export_dir: Path, name: str, value) -> torch.dtype:
+    dtype = getattr(torch, value, None) if isinstance(value, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise SparseFormatError(f"{export_dir / MANIFEST_FILE}: tensor {name!r} has unknown dtype {value!r}")
+    return dtype
+
+
 def load_sparse_state_dict(export_dir) -> dict[str, torch.Tensor]:
-    """The dense state dict of a sparse export, every tensor checked against the manifest."""
+    """The dense state dict of a sparse export, every tensor checked against the manifest (its shape,
+    dtype, kept count and checksums); any damage is a :class:`SparseFormatError` naming the file and,
+    where it is known, the tensor."""
     from safetensors import safe_open
 
     export_dir = Path(export_dir)
-    manifest = read_manifest(export_dir)["tensors"]
+    manifest = read_manifest(export_dir)
+    requested = VALUE_DTYPES[manifest.get("values", "keep")]
+    manifest = manifest["tensors"]
     path = export_dir / SPARSE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing")
@@ -322,33 +455,61 @@ def load_sparse_state_dict(export_dir) -> dict[str, torch.Tensor]:
             f"tensor {extra[0]!r} is in the file but not in the manifest"
         raise SparseFormatError(f"{export_dir}: the manifest does not match {SPARSE_FILE}: {what}")
 
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as err:  # the safetensors library's own error (SafetensorError): the file, named
+        raise SparseFormatError(f"{path} is not a readable safetensors file ({err})") from None
+
+    def read(key: str) -> torch.Tensor:
+        try:
+            return handle.get_tensor(key)
+        except Exception as err:
+            raise SparseFormatError(f"{path}: {_named(key)} cannot be read ({err})") from None
+
     state = {}
-    with safe_open(str(path), framework="pt") as f:
+    with handle as f:
         for name, entry in manifest.items():
-            shape, dtype = tuple(entry["shape"]), _dtype(entry["dtype"])
+            shape, dtype = tuple(entry["shape"]), _manifest_dtype(export_dir, name, entry["dtype"])
             if entry["stored"] == "dense":
-                t = f.get_tensor(name)
+                t = read(name)
                 if tuple(t.shape) != shape or t.dtype != dtype:
-                    raise SparseFormatError(f"tensor {name!r}: the file holds {tuple(t.shape)} {t.dtype}, the "
+                    raise SparseFormatError(f"{path}: tensor {name!r}: the file holds {tuple(t.shape)} {t.dtype}, the "
                                             f"manifest says {shape} {dtype}")
                 if _crc(t) != entry["crc32"]:
-                    raise SparseFormatError(f"tensor {name!r} is corrupted (CRC-32 mismatch)")
+                    raise SparseFormatError(f"{path}: tensor {name!r} is corrupted (CRC-32 mismatch)")
                 state[name] = t
                 continue
-            mask, kept = f.get_tensor(name + MASK), f.get_tensor(name + VALUES)
+            mask, kept = read(name + MASK), read(name + VALUES)
             numel = math.prod(shape)
-            if mask.dtype != torch.uint8 or mask.numel() != (numel + 7) // 8:
-                raise SparseFormatError(f"tensor {name!r}: its mask holds {mask.numel()} bytes of {mask.dtype}, "
-                                        f"shape {shape} needs {(numel + 7) // 8} bytes of uint8")
+            if mask.dtype != torch.uint8 or mask.dim() != 1 or mask.numel() != (numel + 7) // 8:
+                raise SparseFormatError(f"{path}: tensor {name!r}: its mask holds {mask.numel()} bytes of "
+                                        f"{mask.dtype}, shape {shape} needs {(numel + 7) // 8} bytes of uint8")
+            values_dtype = _manifest_dtype(export_dir, name, entry["values_dtype"])
+            if kept.dtype != values_dtype:
+                raise SparseFormatError(f"{path}: tensor {name!r}: its values are {_dtype_name(kept.dtype)}, the "
+                                        f"manifest says {_dtype_name(values_dtype)}")
+            if kept.dim() != 1:
+                raise SparseFormatError(f"{path}: tensor {name!r}: its values have shape {tuple(kept.shape)}, not 1-D")
+            # an export stores a matrix's own dtype (values=keep), or the requested one, never wider
+            if not dtype.is_floating_point or _value_dtype(dtype, requested) != values_dtype:
+                raise SparseFormatError(
+                    f"{export_dir / MANIFEST_FILE}: tensor {name!r}: the manifest says {_dtype_name(dtype)} with {_dtype_name(values_dtype)} values "
+                    f"(values={manifest_values(requested)}), which no export writes: the manifest was edited or "
+                    "damaged")
             if _crc(mask) != entry["crc32_mask"] or _crc(kept) != entry["crc32_values"]:
-                raise SparseFormatError(f"tensor {name!r} is corrupted (CRC-32 mismatch of its "
+                raise SparseFormatError(f"{path}: tensor {name!r} is corrupted (CRC-32 mismatch of its "
                                         f"{'mask' if _crc(mask) != entry['crc32_mask'] else 'values'})")
             ones = int(np.unpackbits(mask.numpy(), count=numel, bitorder="little").sum())
             if not ones == kept.numel() == entry["nnz"]:
-                raise SparseFormatError(f"tensor {name!r}: its mask keeps {ones} elements, it has {kept.numel()} "
-                                        f"values, the manifest says {entry['nnz']}")
+                raise SparseFormatError(f"{path}: tensor {name!r}: its mask keeps {ones} elements, it has "
+                                        f"{kept.numel()} values, the manifest says {entry['nnz']}")
             state[name] = unpack(mask, kept, shape, dtype)
     return state
+
+
+def manifest_values(requested: torch.dtype | None) -> str:
+    """The ``--values`` name of a requested values dtype."""
+    return next(k for k, v in VALUE_DTYPES.items() if v == requested)
 
 
 def load_sparse(export_dir, model_class=None, dtype: torch.dtype | None = None, **kwargs):
@@ -361,15 +522,22 @@ def load_sparse(export_dir, model_class=None, dtype: torch.dtype | None = None, 
 
     export_dir = Path(export_dir)
     state = load_sparse_state_dict(export_dir)
+    config_file = export_dir / "config.json"
+    if config_file.is_file():
+        _read_json(config_file, "the model's config")  # damage named here, not as the config class's OSError
+    try:  # an export never runs a model folder's own code (auto_map): load_sparse rebuilds a transformers class
+        if model_class is None:
+            config = AutoConfig.from_pretrained(str(export_dir), trust_remote_code=False)
+        else:
+            config = model_class.config_class.from_pretrained(str(export_dir))
+    except (OSError, ValueError) as err:
+        raise SparseFormatError(f"{config_file}: not a config transformers can read ({err})") from None
     if model_class is None:
-        config = AutoConfig.from_pretrained(str(export_dir))
         names = getattr(config, "architectures", None) or []
         model_class = getattr(transformers, names[0], None) if names else None
         if model_class is None:
             raise ValueError(f"{export_dir}/config.json names no transformers class in 'architectures' ({names}); "
                              "pass model_class=, e.g. transformers.BertForSequenceClassification")
-    else:
-        config = model_class.config_class.from_pretrained(str(export_dir))
     floating = [t.dtype for t in state.values() if t.is_floating_point()]
     target = dtype or (max(set(floating), key=floating.count) if floating else torch.float32)
     if dtype is not None:
@@ -391,7 +559,11 @@ def main(argv=None) -> int:
         description="Write a pruned model as packed bitmasks plus nonzero values (mgpp's sparse format); "
                     "mgpp.load_sparse(dir) loads it back as a Hugging Face model.")
     parser.add_argument("model_dir", help="the pruned model's folder (a run's model/, or a checkpoint-N/)")
-    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--out", required=True, help="folder to write: a new or empty one, unless --replace")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace --out if it already holds files: the export is written into a temporary "
+                             "folder beside it and swapped in whole, so no file of what was there is left (without "
+                             "--replace a non-empty --out is refused)")
     parser.add_argument("--values", choices=list(VALUE_DTYPES), default="keep",
                         help="dtype of the kept values: keep (each matrix's own: bit-exact), or fp16/bf16 (half "
                              "the bytes of fp32, rounded) or fp32; never wider than the matrix's own")
@@ -401,7 +573,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        summary = export_sparse(args.model_dir, args.out, values=args.values, min_sparsity=args.min_sparsity)
+        summary = export_sparse(args.model_dir, args.out, values=args.values, min_sparsity=args.min_sparsity,
+                                replace=args.replace)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -29,22 +29,33 @@ def make_pruner(kind: str):
     return NMPruner(n=2, m=4) if kind == "nm" else GlobalPruner(chunk_numel=16)  # small chunks: many of them
 
 
-def _worker(rank: int, init_file: str, out_dir: str, kind: str, sparsity: float) -> None:
+CASES = [("random", 0.7), ("ties", 0.5), ("ties", 0.77), ("nm", 0.3), ("nm", 0.5)]
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    """Every case on one start of the process group (starting two processes costs more than the prunes)."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        shards = [torch.chunk(w, WORLD, dim=0)[rank].clone() if rank < len(torch.chunk(w, WORLD, dim=0))
-                  else w[:0].clone() for w in weights(kind)]
-        result = make_pruner(kind).prune_(shards, sparsity, group=dist.group.WORLD)
-        torch.save({"shards": shards, "result": result}, os.path.join(out_dir, f"rank{rank}.pt"))
+        for kind, sparsity in CASES:
+            shards = [torch.chunk(w, WORLD, dim=0)[rank].clone() if rank < len(torch.chunk(w, WORLD, dim=0))
+                      else w[:0].clone() for w in weights(kind)]
+            result = make_pruner(kind).prune_(shards, sparsity, group=dist.group.WORLD)
+            torch.save({"shards": shards, "result": result}, os.path.join(out_dir, f"{kind}-{sparsity}-rank{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kind,sparsity", [("random", 0.7), ("ties", 0.5), ("ties", 0.77), ("nm", 0.3), ("nm", 0.5)])
-def test_sharded_prune_equals_the_single_process_prune(tmp_path, kind, sparsity):
-    mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path), kind, sparsity), nprocs=WORLD,
-                       start_method="spawn")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+@pytest.fixture(scope="module")
+def sharded_prunes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sharded")
+    mp.start_processes(_worker, args=(str(out / "init"), str(out)), nprocs=WORLD, start_method="spawn")
+    return out
+
+
+@pytest.mark.parametrize("kind,sparsity", CASES)
+def test_sharded_prune_equals_the_single_process_prune(sharded_prunes, kind, sparsity):
+    ranks = [torch.load(sharded_prunes / f"{kind}-{sparsity}-rank{r}.pt", weights_only=False) for r in range(WORLD)]
     whole = weights(kind)
     expected = make_pruner(kind).prune_(whole, sparsity)
     for i, w in enumerate(whole):

@@ -129,6 +129,7 @@ def test_penalty_is_sum_of_neg_log_density_from_zero(prior):
     assert prior.penalty(params) > 0
 
 
+@pytest.mark.compiles
 def test_compiled_prior_gradient_matches_foreach_without_recompiling():
     from torch._dynamo.utils import counters
 

@@ -146,8 +146,8 @@ def read_runs(args, folders: list[Path], experiment_files: list[Path], left_out:
     finished = [r for r in runs if r.finished]
     if not finished and not experiment_files:
         where = ", ".join([*map(str, folders), *([f"W&B {args.wandb}"] if args.wandb else [])])
-        damaged = f"; {len(left_out)} left out as damaged: " + "; ".join(f"{x.path}: {x.reason}" for x in left_out[:3]) \
-            if left_out else ""
+        shown = "; ".join(f"{x.path}: {x.reason}" for x in left_out[:3]) + ("; ..." if len(left_out) > 3 else "")
+        damaged = f"; {len(left_out)} left out as damaged: {shown}" if left_out else ""
         raise ReportError((f"no finished run in {where}: {len(runs)} runs found, none finished (no metrics.json yet)"
                            if runs else f"no run found in {where}") + damaged)
     for folder in folders:  # one empty folder among others: most likely a wrong path

@@ -89,6 +89,11 @@ def group_runs(runs: Sequence[Run], by: Sequence[str] = ()) -> dict[tuple, list[
     seeds, and every row of their table names its value, so that no row is left unlabelled beside
     rows that name theirs.
     """
+    return {key: _one_per_seed(key, members) for key, members in _cells(runs, by).items()}
+
+
+def _cells(runs: Sequence[Run], by: Sequence[str] = ()) -> dict[tuple, list[Run]]:
+    """:func:`group_runs` before one run per seed is chosen."""
     from ..run_folder import flatten
 
     first: dict[tuple, list[Run]] = defaultdict(list)
@@ -102,7 +107,7 @@ def group_runs(runs: Sequence[Run], by: Sequence[str] = ()) -> dict[tuple, list[
             flat = flatten(run.config)
             extra = tuple((k, _hashable(_split_value(run, k, flat))) for k in split[experiment])
             groups[(experiment, *cell, by_values + extra)].append(run)
-    return {key: _one_per_seed(key, members) for key, members in groups.items()}
+    return groups
 
 
 #: config keys that say what was trained rather than how: a table whose runs hold several values of
@@ -166,15 +171,33 @@ def _hashable(value):
     return repr(value) if isinstance(value, (list, dict)) else value
 
 
+def _by_seed(members: list[Run]) -> tuple[dict, list[tuple[Run, Run]]]:
+    """``({seed: the run counted}, [(a run left out, the run counted for its seed)])``: a finished run
+    before an unfinished one, then the first by path."""
+    by_seed: dict = {}
+    dropped = []
+    for run in sorted(members, key=lambda r: (not r.finished, str(r.path))):
+        kept = by_seed.setdefault(run.get("seed"), run)
+        if kept is not run:
+            dropped.append((run, kept))
+    return by_seed, dropped
+
+
 def _one_per_seed(key, members: list[Run]) -> list[Run]:
     """One run per seed: runs that differ only in keys that do not matter to them (a dense run swept
-    over sparsities) are the same experiment, and counting each would overstate n."""
-    by_seed: dict = {}
-    for run in sorted(members, key=lambda r: (not r.finished, str(r.path))):
-        by_seed.setdefault(run.get("seed"), run)
+    over sparsities) are the same experiment, and counting each would overstate n. The runs left out
+    are listed by :func:`seed_duplicates` (the report names them)."""
+    by_seed, _ = _by_seed(members)
     if len(by_seed) < len(members):
-        log.warning("%s: %d runs share seeds; one run per seed is counted", key[:4], len(members))
+        log.warning("%s: %d runs share seeds; one run per seed is counted (the report names the others under "
+                    "'Runs left out')", key[:4], len(members))
     return list(by_seed.values())
+
+
+def seed_duplicates(runs: Sequence[Run], by: Sequence[str] = ()) -> list[tuple[Run, Run]]:
+    """``(run left out, run counted instead)`` for each run the tables leave out because another run of
+    the same cell has its seed (:func:`group_runs`)."""
+    return [pair for members in _cells(runs, by).values() for pair in _by_seed(members)[1]]
 
 
 def _sparsity_key(value: Any) -> str:

@@ -35,17 +35,64 @@ def _check_local_model(source: str | None) -> None:
         raise FileNotFoundError(f"not a model folder: {path} (no config.json)")
 
 
+def _needs_remote_code(source: str | None) -> str | None:
+    """For a local model folder whose ``config.json`` maps classes to the folder's own Python code
+    (``auto_map``) and whose model type this transformers does not know: what it maps. None otherwise
+    (hub ids, and tokenizers, are left to transformers, asked with ``trust_remote_code=False``)."""
+    import json
+
+    from transformers import CONFIG_MAPPING
+
+    path = Path(str(source)).expanduser() if source else None
+    if path is None or not (path / "config.json").is_file():
+        return None
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # transformers names a damaged config itself
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not auto_map or config.get("model_type") in CONFIG_MAPPING:
+        return None
+    shown = ", ".join(f"{k} -> {v}" for k, v in auto_map.items()) if isinstance(auto_map, dict) else str(auto_map)
+    return f"{path / 'config.json'} has model_type {config.get('model_type')!r}, which transformers does not know, " \
+        f"and maps it to the folder's own code (auto_map: {shown})"
+
+
+def _remote_code_refused(source, why: str) -> ValueError:
+    return ValueError(f"model {source} needs custom code to load: {why}. mgpp runs a model's own code only with "
+                      "model.trust_remote_code=true (read that code first); it never asks")
+
+
 def load_model(model_cfg: DictConfig, auto_class, **kwargs) -> tuple[PreTrainedModel, Any]:
-    """``auto_class`` model (pretrained, or random init from ``model.config``) and its tokenizer."""
+    """``auto_class`` model (pretrained, or random init from ``model.config``) and its tokenizer.
+
+    A model's own code (``auto_map``) runs only with ``model.trust_remote_code=true``; without it a model
+    that needs it is refused naming that key, never with transformers' interactive prompt."""
     for source in (model_cfg.pretrained, model_cfg.tokenizer):
         _check_local_model(source)
+    trust = bool(model_cfg.get("trust_remote_code", False))
+    if not trust:
+        for source in (model_cfg.tokenizer or model_cfg.pretrained, model_cfg.pretrained):
+            why = _needs_remote_code(source)
+            if why:
+                raise _remote_code_refused(source, why)
     tokenizer_source = model_cfg.tokenizer or model_cfg.pretrained
     if tokenizer_source is None:
         raise ValueError(f"model {model_cfg.name!r} needs model.tokenizer when it has no model.pretrained")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise _remote_code_refused(tokenizer_source, "its tokenizer is defined by its own code") from None
     try:
         if model_cfg.pretrained is not None:
-            model = auto_class.from_pretrained(model_cfg.pretrained, **kwargs)
+            try:
+                model = auto_class.from_pretrained(model_cfg.pretrained, trust_remote_code=trust, **kwargs)
+            except ValueError as err:
+                if "trust_remote_code" not in str(err):
+                    raise
+                raise _remote_code_refused(model_cfg.pretrained, "its model is defined by its own code") from None
         else:
             fields = OmegaConf.to_container(model_cfg.config, resolve=True)
             config = AutoConfig.for_model(**fields, **kwargs)

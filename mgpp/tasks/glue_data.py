@@ -8,6 +8,7 @@ the same whichever source was used.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from .data import ENV_DIR, find_data_dir
+from . import data
+from .data import ENV_DIR, find_data_dir, line_offset, text_lines
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +71,46 @@ def _num_classes(layout: GlueLayout) -> int:
     return len(layout.label_ids) if layout.label_ids else 3 if layout.folder == "MNLI" else 2
 
 
+@contextlib.contextmanager
+def _field_limit(limit: int):
+    """csv's process-wide field limit raised to ``limit`` while a file is read, then put back."""
+    before = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
+def _tsv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """``(line number, fields)`` for each line of a TSV file (quoting off, a BOM dropped), fields of up to
+    :data:`~mgpp.tasks.data.MAX_FIELD_CHARS` characters. A fault names the file, the line and the byte
+    offset from the start of the file (found by a second, slower read once something is wrong)."""
+    limit = data.MAX_FIELD_CHARS
+    with _field_limit(limit), open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)  # quoting off: a row is one line
+        try:
+            return list(enumerate(reader, start=1))
+        except UnicodeDecodeError:
+            for _ in text_lines(path):  # raises naming the line and the byte's offset in the file
+                pass
+            raise
+        except csv.Error as err:
+            line = reader.line_num
+            what = f"a field longer than {limit:,} characters (mgpp.tasks.data.MAX_FIELD_CHARS; is it a TSV " \
+                   "file?)" if "field limit" in str(err) else f"not TSV ({err})"
+            raise ValueError(f"{path}, line {line}: {what} (byte offset {line_offset(path, line)})") from None
+
+
 def _read_tsv(path: Path, layout: GlueLayout) -> Dataset:
     """A GLUE TSV file, checked as it is read: encoding, header, labels (type and range), no empty file;
-    every error names the file, the row and the value."""
+    every error names the file, and where it has one the line, the value and the line's byte offset."""
     if not path.is_file():
         raise FileNotFoundError(f"no {path.name} for GLUE {layout.folder} in {path.parent}")
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    rows = _tsv_rows(path)
     if layout.header:
         if not rows:
             raise ValueError(f"{path}: empty file (no header)")
-        header, rows = rows[0], rows[1:]
+        (_, header), rows = rows[0], rows[1:]
         index = {name: i for i, name in enumerate(header)}
         missing = [c for c in [*layout.text.values(), layout.label] if c not in index]
         if missing:
@@ -90,12 +118,11 @@ def _read_tsv(path: Path, layout: GlueLayout) -> Dataset:
         column = lambda c: index[c]  # noqa: E731
     else:
         column = lambda c: c  # noqa: E731
-    first_row = 2 if layout.header else 1  # file line numbers in messages
     need = max(column(c) for c in [*layout.text.values(), layout.label]) + 1
-    data: dict[str, list] = {name: [] for name in [*layout.text, "label"]}
+    columns: dict[str, list] = {name: [] for name in [*layout.text, "label"]}
     skipped = 0
     classes = _num_classes(layout)
-    for line, row in enumerate(rows, start=first_row):
+    for line, row in rows:
         if len(row) < need:
             skipped += 1
             continue
@@ -108,18 +135,19 @@ def _read_tsv(path: Path, layout: GlueLayout) -> Dataset:
         except (KeyError, ValueError):
             allowed = sorted(layout.label_ids) if layout.label_ids else "a number" if layout.regression \
                 else f"an integer in [0, {classes - 1}]"
-            raise ValueError(f"{path}, line {line}: label {raw!r} is not {allowed}") from None
+            raise ValueError(f"{path}, line {line}: label {raw!r} is not {allowed} "
+                             f"(byte offset {line_offset(path, line)})") from None
         if not layout.regression and layout.label_ids is None and not 0 <= label < classes:
             raise ValueError(f"{path}, line {line}: label {label} is out of range for {layout.folder} "
-                             f"({classes} classes: 0..{classes - 1})")
+                             f"({classes} classes: 0..{classes - 1}) (byte offset {line_offset(path, line)})")
         for name, col in layout.text.items():
-            data[name].append(row[column(col)])
-        data["label"].append(label)
+            columns[name].append(row[column(col)])
+        columns["label"].append(label)
     if skipped:
         log.warning("%s: skipped %d malformed rows", path, skipped)
-    if not data["label"]:
+    if not columns["label"]:
         raise ValueError(f"{path}: no examples (an empty file, or every row malformed)")
-    return Dataset.from_dict(data)
+    return Dataset.from_dict(columns)
 
 
 def _asked_for_local(data_dir) -> bool:

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollato
 
 from ..pruning import load_mask, save_mask  # noqa: F401  (re-exported: they used to live here)
 from .base import Task, load_model
-from .data import resolve_data_file, subset
+from .data import find_bad_line, resolve_data_file, subset
 
 __all__ = ["CorpusTask", "MaskedLMTask", "CausalLMTask", "save_mask", "load_mask"]
 
@@ -34,7 +34,14 @@ def _load_files(files: list[str], text_key: str, data_dir: str | None):
     if len(kinds) != 1 or not kinds <= {".txt", ".jsonl", ".json"}:
         raise ValueError(f"corpus files must be all .txt or all .jsonl/.json, got {files}")
     builder = "text" if kinds == {".txt"} else "json"
-    dataset = load_dataset(builder, data_files=paths, split="train")
+    try:
+        dataset = load_dataset(builder, data_files=paths, split="train")
+    except Exception:  # the datasets library's error names neither line nor byte: find the fault and name it
+        fault = next(filter(None, (find_bad_line(p, json_lines=builder == "json" and p.endswith(".jsonl"))
+                                   for p in paths)), None)
+        if fault is None:
+            raise
+        raise ValueError(fault) from None
     if builder == "text":
         dataset = dataset.rename_column("text", text_key) if text_key != "text" else dataset
     if text_key not in dataset.column_names:

@@ -23,7 +23,7 @@ from datasets import Dataset
 from transformers import AutoModelForQuestionAnswering, Trainer, default_data_collator
 
 from .base import Task, load_model
-from .data import ENV_DIR, find_data_dir, subset
+from .data import ENV_DIR, find_data_dir, read_text, subset
 
 __all__ = ["SquadTask", "normalize_answer", "exact_match", "f1", "squad_metrics", "read_squad_json"]
 
@@ -68,12 +68,13 @@ def read_squad_json(path: str | Path) -> Dataset:
     its ``answer_start`` in the context); an error names the file, the question id and the problem.
     """
     path = Path(path)
+    text = read_text(path)  # a byte that is not UTF-8: named by line and byte offset
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
-    except ValueError as err:
-        raise ValueError(f"{path}: not JSON ({err})") from None
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        at = len(text[: err.pos].encode("utf-8"))
+        raise ValueError(f"{path}: not JSON (line {err.lineno}, column {err.colno}, byte offset {at}: "
+                         f"{err.msg})") from None
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise ValueError(f"{path}: not the SQuAD format (a top-level 'data' list of articles)")
     rows = collections.defaultdict(list)

@@ -16,7 +16,7 @@ from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqT
 
 from ..metrics import rouge
 from .base import Task, load_model
-from .data import resolve_data_file, subset
+from .data import resolve_data_file, subset, text_lines
 
 __all__ = ["SummarizationTask"]
 
@@ -60,25 +60,23 @@ class SummarizationTask(Task):
         return load_model(model_cfg, AutoModelForSeq2SeqLM)
 
     def _check_jsonl(self, path: str) -> None:
-        """Each line a JSON object with a non-empty source and target; errors name the file and line."""
+        """Each line a JSON object with a non-empty source and target; errors name the file, the line and
+        the byte offset from the start of the file."""
         import json
 
         count = 0
-        try:
-            with open(path, encoding="utf-8") as f:
-                for line_no, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except ValueError as err:
-                        raise ValueError(f"{path}, line {line_no}: not JSON ({err})") from None
-                    for key in (self.source_key, self.target_key):
-                        if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key].strip():
-                            raise ValueError(f"{path}, line {line_no}: no text in field {key!r}")
-                    count += 1
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+        for line_no, offset, line in text_lines(path, bom=False):  # a byte that is not UTF-8: named by line and offset
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {line_no}: not JSON ({err.msg}, column {err.colno}; at byte offset "
+                                 f"{offset + len(line[: err.pos].encode('utf-8'))})") from None
+            for key in (self.source_key, self.target_key):
+                if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key].strip():
+                    raise ValueError(f"{path}, line {line_no}: no text in field {key!r} (byte offset {offset})")
+            count += 1
         if count == 0:
             raise ValueError(f"{path}: no examples")
 
