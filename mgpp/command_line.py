@@ -19,6 +19,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
+from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
+
 from .config import UsageError, config_dir, nearest
 
 __all__ = ["UsageError", "USER_ERRORS", "check_override_keys", "check_plugins", "check_requirements",
@@ -238,3 +241,22 @@ def show_job_config(argv: Sequence[str], check) -> int:
     except USER_ERRORS as err:
         return report_error(err)
     return 0
+
+
+class RunRefused(CompactHydraException):
+    """A run stopped by a config, data or folder error: its one-line message, without a traceback."""
+
+
+class RefuseLiveFolder(Callback):
+    """Hydra callback (conf/hydra/default.yaml): a single run into a folder that a live run holds is refused
+    before Hydra writes anything there (its ``.hydra/`` record, the job log). Sweep jobs' folders are known
+    only as each job starts; ``train()`` refuses those, after Hydra's record of the job."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        from .run_folder import RunFolder, in_use_message
+
+        folder = Path(str(config.hydra.run.dir))
+        holder = RunFolder(folder).holder()
+        if holder is not None:  # Hydra turns a callback's exception into a warning and goes on: exit here
+            print(f"mgpp: error: {in_use_message(folder, holder)}", file=sys.stderr)
+            raise SystemExit(1)

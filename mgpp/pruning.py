@@ -7,7 +7,10 @@
   at a time: no concatenated copy, no sort, memory bounded by ``chunk_numel``, and
   the same value ``torch.kthvalue`` returns on the concatenation. Histograms add up,
   so the same code could select globally across shards by summing them.
-* :class:`GlobalPruner` zeroes exactly ``floor(v * d)`` of the ``d`` target weights.
+* :class:`GlobalPruner` zeroes exactly ``floor(v * d)`` of the ``d`` target weights. When it prunes
+  to the same count again (every step after ``t_f``), it first looks for the threshold in a narrow
+  band around the previous one (:func:`_select_in_band`: one counting pass, the few in-band scores
+  sorted out exactly) and runs the radix select only when the threshold left the band.
 * :class:`FixedMask` keeps pruned weights at zero after a schedule freezes the mask.
 """
 
@@ -17,6 +20,7 @@ import fnmatch
 import logging
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -194,6 +198,12 @@ class MagnitudeScore:
 Score = Callable[[Tensor], Tensor]
 
 
+def _is_magnitude(score: Score) -> bool:
+    """Whether ``score`` is exactly |w| (as float32): then a score is finite exactly where its weight is,
+    and ``score <= t`` is ``-t <= w <= t``."""
+    return type(score) is MagnitudeScore
+
+
 def _chunks(params: Sequence[Tensor], chunk_numel: int) -> Iterator[Tensor]:
     """Flat views (not copies) of at most ``chunk_numel`` elements, in model order."""
     for p in params:
@@ -219,6 +229,27 @@ def _order_keys(scores: Tensor, nonnegative: bool) -> Tensor:
 def _key_to_float(key: int) -> float:
     bits = key ^ (0x7FFFFFFF if key < 0 else 0)
     return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32).item())
+
+
+def _add_counts(hist: Tensor, values: Tensor) -> None:
+    """``hist[v] += 1`` for every ``v`` in ``values`` (non-negative ints). The bincount is only as long as
+    the largest value present: one of ``minlength=len(hist)`` would allocate, zero and add all 65,536
+    bins for every chunk, which cost as much as the counting itself."""
+    if values.numel():
+        counts = torch.bincount(values)
+        hist[: counts.numel()] += counts
+
+
+def _masked_gather(values: Tensor, mask: Tensor) -> Tensor:
+    """``values[mask]`` (1-D, in order) for a fresh ``mask`` that is mostly False.
+
+    Boolean indexing scans the mask a byte at a time, which on CPU costs several times an elementwise
+    pass; read as int64 words, the mask gives the 8-element blocks that hold any True with an 8 times
+    shorter scan, and only those blocks are looked at again."""
+    if mask.numel() % 8 or mask.storage_offset() % 8:
+        return values[mask]
+    blocks = mask.view(torch.int64).nonzero().view(-1)
+    return values.view(-1, 8)[blocks][mask.view(-1, 8)[blocks]]
 
 
 def _locate(hist: Tensor, k: int) -> tuple[int, int]:
@@ -269,11 +300,21 @@ def _device(params: Sequence[Tensor]) -> torch.device:
     return params[0].device if params else torch.device("cpu")
 
 
+#: The high 16 bits of a non-negative float32 from which on it is inf or NaN (exponent all ones).
+_NONFINITE_HIGH = 0x7F80
+NONFINITE_WEIGHTS = "cannot prune: non-finite weights (NaN or inf); the run diverged"
+
+
 def _select(params: Sequence[Tensor], k: int, score: Score, chunk_numel: int | None,
-            group=None, total: int | None = None) -> tuple[float, int, int]:
+            group=None, total: int | None = None, refuse_nonfinite: bool = False) -> tuple[float, int, int]:
     """:func:`kth_smallest`, plus how many scores equal the k-th. With a process ``group``, ``params``
     are this rank's shards and the selection is over all ranks' shards: the histograms are summed
-    across ranks (two all-reduces of 65,536 counts), never the weights gathered."""
+    across ranks (two all-reduces of 65,536 counts), never the weights gathered.
+
+    ``refuse_nonfinite`` (non-negative scores that are non-finite exactly where the weights are): raise
+    :data:`NONFINITE_WEIGHTS` when the first histogram has counts in the inf/NaN bins, instead of a
+    separate pass over the weights.
+    """
     total = total if total is not None else _global_numel(params, group)
     if not 1 <= k <= total:
         raise ValueError(f"k must lie in [1, {total}] (number of target weights), got k={k}")
@@ -286,19 +327,65 @@ def _select(params: Sequence[Tensor], k: int, score: Score, chunk_numel: int | N
         high = _order_keys(score(chunk), nonneg) >> 16
         if offset:
             high += offset
-        hist += torch.bincount(high, minlength=1 << 16)
-    high_bin, below_high = _locate(reduce_over_ranks(hist, group), k)
+        _add_counts(hist, high)
+    reduce_over_ranks(hist, group)
+    if refuse_nonfinite and nonneg and bool(hist[_NONFINITE_HIGH:].any()):
+        raise ValueError(NONFINITE_WEIGHTS)
+    high_bin, below_high = _locate(hist, k)
 
     hist.zero_()
     high_key = high_bin - offset
     for chunk in _chunks(params, chunk_numel):
         keys = _order_keys(score(chunk), nonneg)
-        low = keys[(keys >> 16) == high_key]
+        low = _masked_gather(keys, (keys >> 16) == high_key)
         low &= 0xFFFF
-        hist += torch.bincount(low, minlength=1 << 16)
+        _add_counts(hist, low)
     low_bin, below_low = _locate(reduce_over_ranks(hist, group), k - below_high)
     value = _key_to_float((high_key << 16) | low_bin)
     return value, below_high + below_low, int(hist[low_bin].item())
+
+
+def _select_in_band(params: Sequence[Tensor], k: int, score: Score, chunk_numel: int, lo: float, hi: float,
+                    max_band: int, refuse_nonfinite: bool = False) -> tuple[tuple[float, int, int] | None, str]:
+    """:func:`_select`'s answer when the k-th score lies in ``[lo, hi]``, from one pass over the scores.
+
+    The pass counts the scores below ``lo`` and gathers those in the band (a few thousand when the band
+    is a narrow one around the previous threshold); the k-th score is then the right one of the band's
+    ``torch.kthvalue``, and the counts below and equal to it are exact, ties included. It also takes
+    each chunk's largest score: NaN propagates through ``amax`` and an inf is the largest, so a score
+    that is not finite shows there, with no pass of its own. (NaN fails every comparison and would
+    only vanish from the counts; an inf would count as above the band.)
+
+    Returns ``(selection, "band")``, or ``(None, why)`` when the band cannot tell: ``"band_miss"``, the
+    k-th score is outside it; ``"band_full"``, more than ``max_band`` scores are in it (the pass stops
+    there); ``"band_nan"``, a score is NaN. The caller then runs :func:`_select`, whose answer is the
+    same whatever the band. ``refuse_nonfinite``: as :func:`_select`'s, for a NaN or inf score.
+    """
+    below, pieces, tops, n_band = [], [], [], 0
+    for chunk in _chunks(params, chunk_numel):
+        s = score(chunk)
+        under = s < lo
+        band = s <= hi
+        band ^= under  # lo <= s <= hi
+        below.append(under.count_nonzero())
+        pieces.append(_masked_gather(s, band))
+        tops.append(s.amax())
+        n_band += pieces[-1].numel()
+        if n_band > max_band:
+            return None, "band_full"
+    top = float(torch.stack(tops).amax()) if tops else 0.0
+    if refuse_nonfinite and not math.isfinite(top):
+        raise ValueError(NONFINITE_WEIGHTS)
+    if math.isnan(top):  # NaN is in no count: leave it to the radix select, as without a band
+        return None, "band_nan"
+    rank = k - int(torch.stack(below).sum())  # the k-th score's rank inside the band
+    if not 1 <= rank <= n_band:
+        return None, "band_miss"
+    band = torch.cat(pieces)
+    value = band.kthvalue(rank).values
+    below_value = k - rank + int((band < value).sum())
+    equal = int((band == value).sum())
+    return (float(value) + 0.0, below_value, equal), "band"  # + 0.0: -0.0 is 0.0, as in the radix select
 
 
 @dataclass
@@ -318,12 +405,36 @@ def num_to_prune(sparsity: float, numel: int) -> int:
     return min(numel, int(math.floor(sparsity * numel + 1e-6)))
 
 
+#: The band around the previous threshold, as a fraction of it (:meth:`GlobalPruner._threshold`): its
+#: first width, its bounds, how many times the threshold's last move it is kept at least, and how much
+#: it narrows after a hit. Only speed depends on these, never a result.
+BAND_INIT, BAND_MIN, BAND_MAX = 1 / 64, 1 / 4096, 1 / 4
+BAND_SAFETY, BAND_NARROW = 8.0, 0.75
+#: at most this many in-band scores are gathered (4 bytes each); past it, the radix select runs
+BAND_MAX_NUMEL = 1 << 18
+#: weight dtypes whose float32 magnitude is exact, so that hardshrink(w, t) zeroes exactly |w| <= t
+_SHRINK_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _shrinks_exactly(dtype: torch.dtype, threshold: float) -> bool:
+    """Whether ``hardshrink(w, threshold)`` on weights of ``dtype`` zeroes exactly those with
+    ``float32(|w|) <= threshold``: the magnitude is exact in float32 and the threshold in ``dtype``."""
+    if dtype not in _SHRINK_DTYPES:
+        return False
+    return float(torch.tensor(threshold, dtype=torch.float32).to(dtype)) == threshold
+
+
 @dataclass
 class GlobalPruner:
     """Zeroes the ``floor(v * d)`` lowest-scoring of all ``d`` target weights, globally.
 
     Ties at the threshold are broken deterministically: the earliest weights in model
     order (target tensor order, then flat index) are pruned first.
+
+    After ``t_f`` every step prunes the same number of weights and the threshold barely moves, so
+    the pruner remembers its last threshold (plain attributes, never saved: a hint, not state) and
+    looks for the next one in a band around it (:func:`_select_in_band`) before any radix select.
+    ``selections`` counts how each threshold was found (``"band"``, ``"radix"``, and the band's misses).
     """
 
     score: Score = field(default_factory=MagnitudeScore)
@@ -335,6 +446,13 @@ class GlobalPruner:
     def __post_init__(self) -> None:
         if self.chunk_numel is not None and self.chunk_numel < 1:
             raise ValueError(f"chunk_numel must be positive, got chunk_numel={self.chunk_numel}")
+        self.forget_threshold()
+        self.selections: Counter[str] = Counter()
+
+    def forget_threshold(self) -> None:
+        """Drop the previous threshold: the next prune runs the radix select (the same result, slower)."""
+        self._hint: tuple[int, float] | None = None  # (k, threshold) of the last prune without a group
+        self._band = BAND_INIT
 
     def _num_to_prune(self, sparsity: float, numel: int) -> int:
         return num_to_prune(sparsity, numel)
@@ -369,10 +487,14 @@ class GlobalPruner:
         if k == 0:
             return PruneResult(sparsity, 0, numel, None)
         chunk_numel = self.chunk_numel or default_chunk_numel(_device(params))
-        bad = torch.tensor([0 if all(bool(torch.isfinite(p).all()) for p in params) else 1], device=_device(params))
-        if int(reduce_over_ranks(bad, group).item()):  # checked before any weight is touched, and on every rank
-            raise ValueError("cannot prune: non-finite weights (NaN or inf); the run diverged")
-        threshold, below, equal = _select(params, k, self.score, chunk_numel, group, numel)
+        # |w| is non-finite exactly where w is: the selection's own passes refuse NaN/inf weights
+        folded = group is None and _is_magnitude(self.score)
+        if not folded:
+            bad = torch.tensor([0 if all(bool(torch.isfinite(p).all()) for p in params) else 1],
+                               device=_device(params))
+            if int(reduce_over_ranks(bad, group).item()):  # checked before any weight is touched, on every rank
+                raise ValueError(NONFINITE_WEIGHTS)
+        threshold, below, equal = self._threshold(params, k, numel, chunk_numel, group, folded)
         if not math.isfinite(threshold):
             raise ValueError(f"cannot prune: the pruning threshold is {threshold} (non-finite scores: the weights "
                              "hold NaN or inf)")
@@ -382,6 +504,11 @@ class GlobalPruner:
         if not every_tie and group is not None:
             allowance = self._tie_allowance(params, threshold, ties_left, chunk_numel, group)
         for i, p in enumerate(params):
+            if every_tie and _is_magnitude(self.score) and _shrinks_exactly(p.dtype, threshold):
+                # |w| <= t -> +0.0, as masked_fill_ below, in one vectorized in-place pass with no mask
+                w = p.detach()
+                torch.ops.aten.hardshrink.out(w, threshold, out=w)
+                continue
             if allowance is not None:
                 ties_left = allowance[i]
             for chunk in _chunks([p], chunk_numel):
@@ -395,6 +522,40 @@ class GlobalPruner:
                     chunk[tied] = 0.0
                     ties_left -= tied.numel()
         return PruneResult(sparsity, k, numel, threshold)
+
+    def _threshold(self, params, k: int, numel: int, chunk_numel: int, group,
+                   refuse_nonfinite: bool) -> tuple[float, int, int]:
+        """:func:`_select`'s ``(k-th score, count below, count equal)``: from the band around the previous
+        threshold when the last prune removed the same number of weights (and there is no process
+        group), else, or when the band misses, from the radix select.
+
+        The band is a fraction of the previous threshold on either side, adapted to the moves seen:
+        kept at least :data:`BAND_SAFETY` times the last relative move, narrowed slowly after a hit
+        (fewer in-band scores to gather), widened 4x after a miss, narrowed 4x when it held too many.
+        """
+        hint = self._hint if group is None and self._hint is not None and self._hint[0] == k else None
+        selection, outcome = None, None
+        if hint is not None:
+            prev = hint[1]
+            lo, hi = prev - self._band * abs(prev), prev + self._band * abs(prev)
+            selection, outcome = _select_in_band(params, k, self.score, chunk_numel, lo, hi, BAND_MAX_NUMEL,
+                                                 refuse_nonfinite)
+            self.selections[outcome] += 1
+        if selection is None:
+            selection = _select(params, k, self.score, chunk_numel, group, numel, refuse_nonfinite)
+            self.selections["radix"] += 1
+        if hint is not None:
+            prev, now = hint[1], selection[0]
+            move = abs(now - prev) / abs(prev) if prev else math.inf
+            if outcome == "band_full":
+                band = self._band / 4
+            elif outcome == "band":
+                band = max(self._band * BAND_NARROW, BAND_SAFETY * move)
+            else:
+                band = max(self._band * 4, BAND_SAFETY * move)
+            self._band = min(BAND_MAX, max(BAND_MIN, band))
+        self._hint = (k, selection[0]) if group is None else None
+        return selection
 
     def _tie_allowance(self, params, threshold: float, ties_left: int, chunk_numel: int, group) -> list[int]:
         """Per local shard, how many of its weights tied at the threshold to prune, so that the ties go

@@ -119,6 +119,10 @@ class FolderInUse(RuntimeError):
     """Another live run holds the folder."""
 
 
+def in_use_message(path: Path, holder: str | None) -> str:
+    return f"{path} is in use by another run ({holder or 'a live process'}); wait for it to finish"
+
+
 class RunFolder:
     """The files of one run, and the rules for rerunning into it."""
 
@@ -207,14 +211,27 @@ class RunFolder:
         try:
             lock.acquire()
         except Timeout:
+            raise FolderInUse(in_use_message(self.path, self.holder())) from None
+        self._lock = lock
+        (self.path / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+
+    def holder(self) -> str | None:
+        """Who holds the folder now (``pid N on HOST``), or None; asks the OS lock without creating it."""
+        if not (self.path / OS_LOCK_FILE).is_file():
+            return None
+        from filelock import FileLock, Timeout
+
+        probe = FileLock(self.path / OS_LOCK_FILE, timeout=0)
+        try:
+            probe.acquire()
+        except Timeout:
             try:
                 holder = json.loads((self.path / LOCK_FILE).read_text() or "{}")
             except (OSError, ValueError):
                 holder = {}
-            raise FolderInUse(f"{self.path} is in use by another run (pid {holder.get('pid')} on "
-                              f"{holder.get('host')}); wait for it to finish") from None
-        self._lock = lock
-        (self.path / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+            return f"pid {holder.get('pid')} on {holder.get('host')}"
+        probe.release()
+        return None
 
     def release(self) -> None:
         lock = getattr(self, "_lock", None)

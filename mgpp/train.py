@@ -28,14 +28,13 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
 from . import config as config_schema
 from .callback import PruningCallback
-from .command_line import (USER_ERRORS, UsageError, check_override_keys, check_plugins, check_requirements,
+from .command_line import (USER_ERRORS, RunRefused, UsageError, check_override_keys, check_plugins, check_requirements,
                            describe_error, overrides_of, report_error, show_job_config, wants_job_config)
 from .config import build, check_target_keys, config_dir
 from .console import final_line, install_console, quiet_libraries
@@ -295,10 +294,6 @@ def _raised_while_training(err: BaseException) -> bool:
     """An error from inside the Trainer's loop (not a config, data or folder error): its traceback is
     what a user needs; a diverging loss (FloatingPointError) says all there is in its message."""
     return getattr(err, "mgpp_while_training", False) and not isinstance(err, FloatingPointError)
-
-
-class RunRefused(CompactHydraException):
-    """A run stopped by a config, data or folder error: its one-line message, without a traceback."""
 
 
 def _forget_failed_start(cfg: DictConfig) -> None:

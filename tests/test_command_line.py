@@ -101,6 +101,7 @@ def test_a_folder_in_use_is_refused_in_one_line(tmp_path):
             assert (folder / "checkpoints" / "checkpoint-5").is_dir() and not (folder / "checkpoints.old-1").exists()
             assert (folder / "config.yaml").read_text() == "the live run's\n"
             assert (folder / "run.lock").exists()
+            assert sorted(p.name for p in folder.iterdir()) == [".run.lock", "checkpoints", "config.yaml", "run.lock"]
     finally:
         live.release()
 

@@ -168,3 +168,164 @@ def test_pruner_refuses_non_finite_weights():
     partly[1][0, 0] = float("inf")
     with pytest.raises(ValueError, match="non-finite"):
         GlobalPruner().prune_(partly, 0.5)
+
+
+# -- the band around the previous threshold (every step after t_f prunes to the same count) ---------
+def flat_bits(ps):
+    return [p.detach().clone().view(torch.int16 if p.element_size() == 2 else torch.int32) for p in ps]
+
+
+def prune_both(ps, sparsity, pruner, chunk):
+    """Prune ``ps`` with ``pruner`` (which may use its band) and a copy with a fresh pruner (radix select
+    only); check they agree bit for bit, and with torch.kthvalue over the concatenation."""
+    copies = [p.clone() for p in ps]
+    flat = concat_abs(ps)
+    got = pruner.prune_(ps, sparsity)
+    want = GlobalPruner(chunk_numel=chunk).prune_(copies, sparsity)
+    assert got == want
+    assert got.threshold == torch.kthvalue(flat, got.num_pruned).values.item()
+    assert all(torch.equal(a, b) for a, b in zip(flat_bits(ps), flat_bits(copies)))
+    assert sum(int((p == 0).sum()) for p in ps) == max(got.num_pruned, int((flat == 0).sum()))
+    return got
+
+
+def band_tries(pruner):
+    return sum(n for outcome, n in pruner.selections.items() if outcome.startswith("band"))
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 1 << 17])
+@pytest.mark.parametrize("move", [1e-4, 1e-2, 1.0])
+def test_band_select_equals_radix_select_on_moving_weights(chunk, move):
+    """Every round: all weights move (the pruned ones regrow), then prune to the same sparsity again."""
+    ps = tensors_with_ties()
+    pruner = GlobalPruner(chunk_numel=chunk)
+    gen = torch.Generator().manual_seed(2)
+    rounds = 12
+    for _ in range(rounds):
+        for p in ps:
+            p.add_(torch.randn(p.shape, generator=gen) * move * p.abs().mean())
+        prune_both(ps, 0.8, pruner, chunk)
+    assert band_tries(pruner) == rounds - 1  # every prune after the first had a hint
+    assert pruner.selections["band"] + pruner.selections["radix"] == rounds
+    if move < 1.0:  # small moves: after a round or two of adapting its width, the band finds the threshold
+        assert pruner.selections["band"] >= rounds - 4, pruner.selections
+
+
+def test_band_hits_the_ties_at_zero_when_the_pruned_weights_stay_pruned():
+    ps = tensors_with_ties()
+    pruner = GlobalPruner(chunk_numel=64)
+    prune_both(ps, 0.6, pruner, 64)
+    for _ in range(3):
+        for p in ps:  # only the kept weights move: the threshold is 0, tied k times
+            p.mul_(1.01)
+        result = prune_both(ps, 0.6, pruner, 64)
+        assert result.threshold == 0.0
+    # the first hint is the first prune's threshold, far above 0: a miss; then 0 is found in the band [0, 0]
+    assert pruner.selections["band_miss"] == 1 and pruner.selections["band"] == 2
+
+
+@pytest.mark.parametrize("chunk", [5, 64, 1 << 17])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_band_select_counts_ties_as_the_radix_select(chunk, dtype):
+    """``(threshold, below, equal)`` from the band equal :func:`_select`'s for every k, ties included, with
+    the band's edges on the tied value, inside a block of ties, and on signed scores (-0.0 and 0.0)."""
+    from mgpp.pruning import MagnitudeScore, _select, _select_in_band
+
+    ps = tensors_with_ties(dtype)
+    ps[2].view(-1)[:7] = -0.0
+    flat = concat_abs(ps)
+    signed = lambda w: w.detach().float()  # noqa: E731
+    for score, values in ((MagnitudeScore(), flat), (signed, torch.cat([p.float().view(-1) for p in ps]))):
+        for k in [1, 5, 6, 12, 100, 250, 437, 600, values.numel() // 2, values.numel()]:
+            want = _select(ps, k, score, chunk)
+            t = want[0]
+            for lo, hi in [(t, t), (t - 0.01, t), (t, t + 0.01), (t - 0.1 * abs(t) - 1e-3, t + 0.1 * abs(t) + 1e-3),
+                           (float(values.min()), float(values.max()))]:
+                got, outcome = _select_in_band(ps, k, score, chunk, lo, hi, 1 << 20)
+                assert outcome == "band" and got == want, (k, lo, hi)
+                assert str(got[0]) == str(want[0])  # 0.0, never -0.0
+            got, outcome = _select_in_band(ps, k, score, chunk, t + 0.5, t + 1.0, 1 << 20)
+            assert got is None and outcome == "band_miss"
+
+
+def test_a_far_off_or_crowded_band_falls_back_to_the_radix_select(monkeypatch):
+    import mgpp.pruning as pruning
+
+    ps = tensors_with_ties()
+    pruner = GlobalPruner(chunk_numel=50)
+    prune_both(ps, 0.7, pruner, 50)
+    for p in ps:
+        p.mul_(100.0)  # the threshold moves 100x: far outside the band
+    prune_both(ps, 0.7, pruner, 50)
+    assert pruner.selections["band_miss"] == 1 and pruner.selections["radix"] == 2
+    monkeypatch.setattr(pruning, "BAND_MAX_NUMEL", 3)  # a band of at most 3 scores: too crowded
+    for p in ps:
+        p.add_(torch.randn(p.shape) * 1e-3)
+    prune_both(ps, 0.7, pruner, 50)
+    assert pruner.selections["band_full"] == 1 and pruner.selections["radix"] == 3
+    pruner.forget_threshold()
+    prune_both(ps, 0.7, pruner, 50)
+    assert pruner.selections["radix"] == 4 and band_tries(pruner) == 2
+    prune_both(ps, 0.5, pruner, 50)  # another count: no hint for it
+    assert pruner.selections["radix"] == 5 and band_tries(pruner) == 2
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_hint", [False, True])
+def test_non_finite_weights_are_refused_with_or_without_a_band(bad, dtype, with_hint):
+    ps = tensors_with_ties(dtype)
+    pruner = GlobalPruner(chunk_numel=100)
+    if with_hint:
+        pruner.prune_([p.clone() for p in ps], 0.5)
+    ps[3][-1] = bad
+    before = flat_bits(ps)
+    with pytest.raises(ValueError, match=r"non-finite weights \(NaN or inf\); the run diverged"):
+        pruner.prune_(ps, 0.5)
+    assert all(torch.equal(a, b) for a, b in zip(flat_bits(ps), before))  # nothing was touched
+    tried = band_tries(pruner)
+    assert tried == (1 if with_hint else 0)
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32,), (torch.bfloat16,), (torch.float16,),
+                                    (torch.float32, torch.bfloat16), (torch.float64,)])
+def test_zeroing_leaves_exact_positive_zeros_like_masked_fill(dtypes):
+    """Pruned weights become +0.0 (the exporter counts zero bits), negative zeros included, whichever way
+    the pruner zeroes them; mixed dtypes make a threshold that one of them cannot hold exactly."""
+    torch.manual_seed(3)
+    ps = [torch.randn(40, 8).to(dtypes[i % len(dtypes)]) for i in range(4)]
+    ps[0][0, :5] = -0.0
+    ps[1][1, :3] = -ps[1][2, :3]  # ties of opposite signs
+    flat = concat_abs(ps)
+    want = [p.clone() for p in ps]
+    result = GlobalPruner().prune_(ps, 0.55)
+    assert (flat <= result.threshold).sum() == result.num_pruned  # every tie goes: one comparison
+    for p, w in zip(ps, want):
+        w.masked_fill_(w.float().abs() <= result.threshold, 0.0)
+        assert torch.equal(flat_bits([p])[0], flat_bits([w])[0])
+        assert not torch.signbit(p[p == 0]).any()
+
+
+def test_band_finds_the_threshold_while_a_model_trains():
+    """Real weight movements: AdamW steps on a small BERT, a prune to 90% after every step (as after t_f).
+    The pruned weights regrow by about the learning rate each step, so the threshold follows the largest
+    regrowth; the band must find it nearly every time, and always agree with the radix select."""
+    from conftest import tiny_bert
+
+    model = tiny_bert()
+    params = TargetSelector().select(model).params
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.1, total_iters=40)
+    gen = torch.Generator().manual_seed(0)
+    pruner = GlobalPruner()
+    for _ in range(40):
+        ids = torch.randint(0, 128, (8, 16), generator=gen)
+        loss = model(input_ids=ids, labels=ids[:, 0] % 2).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            prune_both(params, 0.9, pruner, None)
+    assert band_tries(pruner) == 39
+    assert pruner.selections["band"] >= 0.8 * 39, pruner.selections
