@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .checkpoints import checkpoint_folder, last_intact_checkpoint
+from .checkpoints import checkpoint_folder, newest_sealed_checkpoint
 from .distributed import local_shards
 from .methods import PruningMethod
 from .pruning import FixedMask, Targets, reduce_over_ranks
@@ -240,11 +240,8 @@ class PruningCallback(TrainerCallback):
                 or ["a tensor of another rank's shards"]
             checkpoint = ""
             if self.trainer is not None:
-                try:
-                    last = last_intact_checkpoint(self.trainer.args.output_dir)
-                except ValueError:  # checkpoints, none intact
-                    last = None
-                checkpoint = f"; the last intact checkpoint is {last}" if last else "; no intact checkpoint was saved"
+                last = newest_sealed_checkpoint(self.trainer.args.output_dir)  # not verified: that reads every file
+                checkpoint = f"; the last sealed checkpoint is {last}" if last else "; no checkpoint was sealed"
             raise FloatingPointError(
                 f"non-finite gradients at optimizer step {t} in {len(bad)} target tensor(s), e.g. {bad[0]}: the loss "
                 f"diverged{checkpoint}. Try a lower trainer.learning_rate, gradient clipping (trainer.max_grad_norm), "

@@ -27,7 +27,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-__all__ = ["SealCheckpoints", "seal", "checkpoint_problem", "last_intact_checkpoint", "MANIFEST_FILE", "CHECKED_TRANSFORMERS", "UNSEALED"]
+__all__ = ["SealCheckpoints", "seal", "checkpoint_problem", "last_intact_checkpoint", "newest_sealed_checkpoint", "MANIFEST_FILE", "CHECKED_TRANSFORMERS", "UNSEALED"]
 
 MANIFEST_FILE = "mgpp_checkpoint.json"
 #: transformers releases (major.minor) whose ``on_save`` was checked to come after a complete, rotated checkpoint
@@ -51,7 +51,9 @@ def _sha256(path: Path) -> str:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    """The checkpoint's files: everything but the manifest and a seal's staging file left by a kill."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not p.name.startswith(MANIFEST_FILE) and not p.name.startswith("." + MANIFEST_FILE))
 
 
 def seal(folder: str | os.PathLike) -> Path:
@@ -61,7 +63,7 @@ def seal(folder: str | os.PathLike) -> Path:
     files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
              for p in _files(folder)}
     target = folder / MANIFEST_FILE
-    staging = folder / (MANIFEST_FILE + ".tmp")
+    staging = folder / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
     with open(staging, "w", encoding="utf-8") as f:
         json.dump({"format": 1, "files": files}, f, indent=1)
         f.flush()
@@ -75,24 +77,29 @@ class SealCheckpoints(TrainerCallback):
     checkpoints, so that their files are sealed too)."""
 
     def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier()  # every rank's files (rng_state_<rank>.pth, shards) written before they are hashed
         folder = checkpoint_folder(args.output_dir, state.global_step)
-        if args.should_save and folder.is_dir():
+        if state.is_world_process_zero and folder.is_dir():
             seal(folder)
 
 
 def _verify(folder: Path, manifest: Path) -> str | None:
     try:
-        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        return f"{MANIFEST_FILE} is damaged ({err})"
-    for name, expected in files.items():
+        files = {str(name): (int(entry["bytes"]), str(entry["sha256"]))
+                 for name, entry in json.loads(manifest.read_text(encoding="utf-8"))["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"{MANIFEST_FILE} is damaged ({err!r})"
+    for name, (size_sealed, digest) in files.items():
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
         size = path.stat().st_size
-        if size != expected["bytes"]:
-            return f"{name} holds {size} bytes, {expected['bytes']} when sealed"
-        if _sha256(path) != expected["sha256"]:
+        if size != size_sealed:
+            return f"{name} holds {size} bytes, {size_sealed} when sealed"
+        if _sha256(path) != digest:
             return f"{name} differs from its seal (SHA-256): changed on disk since it was written"
     return None
 
@@ -124,7 +131,7 @@ def _structure_problem(folder: Path) -> str | None:
         size = path.stat().st_size
         if size != 8 + length + end:
             return f"{path.name} holds {size} bytes, its header declares {8 + length + end}"
-    for path in sorted([*folder.glob("*.pt"), *folder.glob("*.pth")]):
+    for path in sorted([*folder.glob("*.pt"), *folder.glob("*.pth"), *folder.glob("*.bin")]):
         if not zipfile.is_zipfile(path):  # torch.save's format: a truncation loses the zip's directory
             return f"{path.name} is truncated or damaged (not a complete torch file)"
     return None
@@ -175,3 +182,13 @@ def last_intact_checkpoint(checkpoint_dir: str | os.PathLike) -> str | None:
                          + "; ".join(f"{name}: {why}" for name, why in problems)
                          + "); rerun with resume=false to start afresh")
     return None
+
+
+def newest_sealed_checkpoint(checkpoint_dir: str | os.PathLike) -> str | None:
+    """The newest checkpoint with a seal, not verified (for a message: verifying reads every file)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return None
+    sealed = [p for p in checkpoint_dir.iterdir()
+              if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", p.name) and (p / MANIFEST_FILE).is_file()]
+    return str(max(sealed, key=lambda p: int(p.name.rsplit("-", 1)[1]))) if sealed else None

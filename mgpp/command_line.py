@@ -253,8 +253,10 @@ class RefuseLiveFolder(Callback):
     only as each job starts; ``train()`` refuses those, after Hydra's record of the job."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        from .run_folder import RunFolder, in_use_message
+        from .run_folder import RunFolder, in_use_message, is_first_process
 
+        if not is_first_process():  # the other ranks of a multi-process run: rank 0 takes the folder
+            return
         folder = Path(str(config.hydra.run.dir))
         holder = RunFolder(folder).holder()
         if holder is not None:  # Hydra turns a callback's exception into a warning and goes on: exit here

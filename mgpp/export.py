@@ -248,12 +248,13 @@ def export_sparse(source, out_dir, values: str = "keep", min_sparsity: float = 0
     if model_dir is not None and not model_dir.is_dir():
         raise FileNotFoundError(f"no model folder at {model_dir}")
     _check_out_dir(out_dir, model_dir, replace)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    target = out_dir.resolve()  # `--out .` has no parent or name of its own to stage beside
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         summary = _write_export(source, model_dir, staging, values, min_sparsity)
-        _swap_in(staging, out_dir)
+        _swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

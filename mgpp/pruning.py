@@ -241,15 +241,16 @@ def _add_counts(hist: Tensor, values: Tensor) -> None:
 
 
 def _masked_gather(values: Tensor, mask: Tensor) -> Tensor:
-    """``values[mask]`` (1-D, in order) for a fresh ``mask`` that is mostly False.
+    """``values[mask != 0]`` (1-D, in order) for a fresh ``mask`` (bool or float32) that is mostly zero.
 
-    Boolean indexing scans the mask a byte at a time, which on CPU costs several times an elementwise
-    pass; read as int64 words, the mask gives the 8-element blocks that hold any True with an 8 times
-    shorter scan, and only those blocks are looked at again."""
-    if mask.numel() % 8 or mask.storage_offset() % 8:
-        return values[mask]
+    Boolean indexing scans the mask an element at a time, which on CPU costs several times an
+    elementwise pass; read as int64 words, the mask gives the blocks of 8 (bool) or 2 (float32)
+    elements that hold any nonzero with a shorter scan, and only those blocks are looked at again."""
+    per = 8 // mask.element_size()
+    if mask.numel() % per or mask.storage_offset() % per:
+        return values[mask != 0]
     blocks = mask.view(torch.int64).nonzero().view(-1)
-    return values.view(-1, 8)[blocks][mask.view(-1, 8)[blocks]]
+    return values.view(-1, per)[blocks][mask.view(-1, per)[blocks] != 0]
 
 
 def _locate(hist: Tensor, k: int) -> tuple[int, int]:
@@ -349,41 +350,50 @@ def _select_in_band(params: Sequence[Tensor], k: int, score: Score, chunk_numel:
                     max_band: int, refuse_nonfinite: bool = False) -> tuple[tuple[float, int, int] | None, str]:
     """:func:`_select`'s answer when the k-th score lies in ``[lo, hi]``, from one pass over the scores.
 
-    The pass counts the scores below ``lo`` and gathers those in the band (a few thousand when the band
+    The pass counts the scores below ``lo`` and gathers those in the band (a few hundred when the band
     is a narrow one around the previous threshold); the k-th score is then the right one of the band's
-    ``torch.kthvalue``, and the counts below and equal to it are exact, ties included. It also takes
-    each chunk's largest score: NaN propagates through ``amax`` and an inf is the largest, so a score
-    that is not finite shows there, with no pass of its own. (NaN fails every comparison and would
-    only vanish from the counts; an inf would count as above the band.)
+    ``torch.kthvalue``, and the counts below and equal to it are exact, ties included. The comparisons
+    write 0/1 float32s (on CPU several times faster than bool results) whose sums count exactly (chunks
+    of at most 2**24). The pass also takes each chunk's largest score: NaN propagates through ``amax``
+    and an inf is the largest, so a score that is not finite shows there without a pass of its own
+    (NaN fails every comparison, so it would only vanish from the counts; an inf counts as above).
 
     Returns ``(selection, "band")``, or ``(None, why)`` when the band cannot tell: ``"band_miss"``, the
     k-th score is outside it; ``"band_full"``, more than ``max_band`` scores are in it (the pass stops
     there); ``"band_nan"``, a score is NaN. The caller then runs :func:`_select`, whose answer is the
-    same whatever the band. ``refuse_nonfinite``: as :func:`_select`'s, for a NaN or inf score.
+    same whatever the band. ``refuse_nonfinite``: a NaN or inf score gives ``"band_nonfinite"``, for the
+    caller to raise :data:`NONFINITE_WEIGHTS` as :func:`_select` would.
     """
-    below, pieces, tops, n_band = [], [], [], 0
+    chunk_numel = min(chunk_numel, 1 << 24)
+    below, pieces, tops, n_band = 0, [], [], 0
+    under = upto = None  # 0/1 float32 buffers: score < lo, score <= hi
     for chunk in _chunks(params, chunk_numel):
         s = score(chunk)
-        under = s < lo
-        band = s <= hi
-        band ^= under  # lo <= s <= hi
-        below.append(under.count_nonzero())
-        pieces.append(_masked_gather(s, band))
+        if under is None:
+            under, upto = (torch.empty(chunk_numel, dtype=torch.float32, device=s.device) for _ in range(2))
+        n = s.numel()
+        torch.lt(s, lo, out=under[:n])
+        torch.le(s, hi, out=upto[:n])
+        n_under = int(under[:n].sum())
+        in_band = int(upto[:n].sum()) - n_under
+        below += n_under
+        if in_band:
+            n_band += in_band
+            if n_band > max_band:
+                return None, "band_full"
+            pieces.append(_masked_gather(s.view(-1), upto[:n].sub_(under[:n])))  # 1.0 in the band
         tops.append(s.amax())
-        n_band += pieces[-1].numel()
-        if n_band > max_band:
-            return None, "band_full"
     top = float(torch.stack(tops).amax()) if tops else 0.0
     if refuse_nonfinite and not math.isfinite(top):
-        raise ValueError(NONFINITE_WEIGHTS)
+        return None, "band_nonfinite"
     if math.isnan(top):  # NaN is in no count: leave it to the radix select, as without a band
         return None, "band_nan"
-    rank = k - int(torch.stack(below).sum())  # the k-th score's rank inside the band
+    rank = k - below  # the k-th score's rank inside the band
     if not 1 <= rank <= n_band:
         return None, "band_miss"
     band = torch.cat(pieces)
     value = band.kthvalue(rank).values
-    below_value = k - rank + int((band < value).sum())
+    below_value = below + int((band < value).sum())
     equal = int((band == value).sum())
     return (float(value) + 0.0, below_value, equal), "band"  # + 0.0: -0.0 is 0.0, as in the radix select
 
@@ -408,8 +418,8 @@ def num_to_prune(sparsity: float, numel: int) -> int:
 #: The band around the previous threshold, as a fraction of it (:meth:`GlobalPruner._threshold`): its
 #: first width, its bounds, how many times the threshold's last move it is kept at least, and how much
 #: it narrows after a hit. Only speed depends on these, never a result.
-BAND_INIT, BAND_MIN, BAND_MAX = 1 / 64, 1 / 4096, 1 / 4
-BAND_SAFETY, BAND_NARROW = 8.0, 0.75
+BAND_INIT, BAND_MIN, BAND_MAX = 1 / 16, 1 / 4096, 1 / 2
+BAND_SAFETY, BAND_NARROW = 4.0, 0.75
 #: at most this many in-band scores are gathered (4 bytes each); past it, the radix select runs
 BAND_MAX_NUMEL = 1 << 18
 #: weight dtypes whose float32 magnitude is exact, so that hardshrink(w, t) zeroes exactly |w| <= t
@@ -541,6 +551,8 @@ class GlobalPruner:
             selection, outcome = _select_in_band(params, k, self.score, chunk_numel, lo, hi, BAND_MAX_NUMEL,
                                                  refuse_nonfinite)
             self.selections[outcome] += 1
+            if outcome == "band_nonfinite":
+                raise ValueError(NONFINITE_WEIGHTS)
         if selection is None:
             selection = _select(params, k, self.score, chunk_numel, group, numel, refuse_nonfinite)
             self.selections["radix"] += 1

@@ -119,6 +119,18 @@ class FolderInUse(RuntimeError):
     """Another live run holds the folder."""
 
 
+def is_first_process() -> bool:
+    """Rank 0 of a multi-process run (torchrun's RANK, or SLURM's SLURM_PROCID in a multi-task step, read
+    before torch sets RANK), or the only process."""
+    import os
+
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    if int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1")) or 1) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0")) == 0
+    return True
+
+
 def in_use_message(path: Path, holder: str | None) -> str:
     return f"{path} is in use by another run ({holder or 'a live process'}); wait for it to finish"
 
@@ -195,6 +207,11 @@ class RunFolder:
     # -- one live run at a time -----------------------------------------------------------------
     LOCK_FILE = LOCK_FILE
 
+    @property
+    def owner(self) -> bool:
+        """Whether this process reads, moves and writes the folder: rank 0 of a multi-process run, or the only one."""
+        return is_first_process()
+
     def acquire(self) -> None:
         """Take the folder for this process, before anything in it is read, moved or written: a second
         live run into it is refused, naming the holder. The lock is an OS lock (filelock), so one left
@@ -204,7 +221,7 @@ class RunFolder:
 
         from filelock import FileLock, Timeout
 
-        if int(os.environ.get("RANK", "0")) != 0:  # multi-process training: rank 0 holds the folder
+        if not self.owner:  # multi-process training: rank 0 holds the folder
             return
         self.path.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self.path / OS_LOCK_FILE, timeout=0)
@@ -212,8 +229,12 @@ class RunFolder:
             lock.acquire()
         except Timeout:
             raise FolderInUse(in_use_message(self.path, self.holder())) from None
+        try:
+            (self.path / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        except BaseException:
+            lock.release()
+            raise
         self._lock = lock
-        (self.path / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
 
     def holder(self) -> str | None:
         """Who holds the folder now (``pid N on HOST``), or None; asks the OS lock without creating it."""
@@ -229,6 +250,8 @@ class RunFolder:
                 holder = json.loads((self.path / LOCK_FILE).read_text() or "{}")
             except (OSError, ValueError):
                 holder = {}
+            if not isinstance(holder, dict) or "pid" not in holder:  # its holder has not written run.lock yet
+                return "a live process"
             return f"pid {holder.get('pid')} on {holder.get('host')}"
         probe.release()
         return None
@@ -253,8 +276,13 @@ class RunFolder:
             csv.writer(f).writerows([LAYER_COLUMNS, *rows])
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        """Last of all: marks the run finished."""
-        (self.path / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        """Last of all: marks the run finished. Written to a temporary name and renamed into place, so that a
+        kill during the write leaves no truncated ``metrics.json`` (an unfinished run, not a damaged one)."""
+        import os
+
+        staging = self.path / f".{METRICS_FILE}.{os.getpid()}.tmp"
+        staging.write_text(json.dumps(metrics, indent=2) + "\n")
+        os.replace(staging, self.path / METRICS_FILE)
 
     def tidy(self) -> None:
         """After a finished run: no empty ``checkpoints/`` (the Trainer makes it whether it saves or not)."""

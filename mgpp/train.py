@@ -169,7 +169,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 return done
             if checkpoint:
                 log.info("resuming from %s", checkpoint)
-        else:
+        elif folder.owner:  # the other ranks of a multi-process run leave the folder to rank 0
             aside = folder.start_afresh()
             if aside:
                 log.info("resume=false: the old checkpoints are moved to %s", aside)
@@ -180,7 +180,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, training_args) -> dict[str, Any]:
     """The part of :func:`train` that holds the run folder: load, fit, write."""
-    folder.write_config(cfg)
+    if folder.owner:
+        folder.write_config(cfg)
     set_seed(cfg.seed)
     start = time.time()
 
@@ -210,7 +211,8 @@ def _run(cfg, task, method, folder: RunFolder, resolved: dict, checkpoint, train
     exit_code = 1  # until the run's files are written
     try:
         try:
-            if checkpoint and _training_done(checkpoint):  # killed after the last step's checkpoint, before metrics.json
+            if checkpoint and trainer.args.world_size == 1 and _training_done(checkpoint):  # killed after the last
+                # step's checkpoint, before metrics.json (one process: several resume through the Trainer)
                 log.info("%s holds the run's last step: finishing the run from it, without training", checkpoint)
                 _restore_last_step(trainer, pruning, checkpoint)
             else:
@@ -264,6 +266,8 @@ def _restore_last_step(trainer, pruning: PruningCallback, checkpoint: str) -> No
         raise ValueError(f"{checkpoint}/model.safetensors does not match the model (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}); rerun with resume=false")
     trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    trainer.state.is_world_process_zero = trainer.is_world_process_zero()
+    trainer.state.is_local_process_zero = trainer.is_local_process_zero()
     pruning.setup(trainer.model, trainer.state.max_steps, trainer.state.global_step)
 
 

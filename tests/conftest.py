@@ -88,7 +88,13 @@ def train_in_process(*args: str) -> Finished:
     handlers, level = list(root.handlers), root.level
     loggers = {name: (lg.level, lg.propagate, list(lg.handlers))
                for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
-    out, err, argv, cwd = io.StringIO(), io.StringIO(), sys.argv, os.getcwd()
+    import random
+
+    import numpy as np
+    from hydra.core.hydra_config import HydraConfig
+
+    out, err, argv, cwd, environ = io.StringIO(), io.StringIO(), sys.argv, os.getcwd(), dict(os.environ)
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     code = 0
     GlobalHydra.instance().clear()
     try:
@@ -102,7 +108,13 @@ def train_in_process(*args: str) -> Finished:
     finally:
         sys.argv = argv
         os.chdir(cwd)
+        os.environ.clear()  # what the run set (W&B's service token, ...) must not reach later tests' subprocesses
+        os.environ.update(environ)
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None  # a later compose must not resolve ${hydra:...} to this run
         for handler in root.handlers:  # the run's file and console handlers (Hydra's job logging)
             if handler not in handlers:
                 handler.close()

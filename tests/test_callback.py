@@ -434,6 +434,29 @@ def test_a_checkpoint_cut_during_its_write_is_skipped(tmp_path):
     assert RunFolder(tmp_path).last_checkpoint().endswith("checkpoint-8")
 
 
+def test_a_complete_checkpoint_killed_before_its_seal_is_not_resumed_beside_sealed_ones(tmp_path, caplog):
+    """Killed between the Trainer's write and the seal: checkpoint-16 looks complete, but unsealed beside
+    sealed ones it is not trusted."""
+    from mgpp.checkpoints import SealCheckpoints, checkpoint_problem
+    from mgpp.run_folder import RunFolder
+
+    class KilledAt16(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 16:
+                raise KeyboardInterrupt("killed before the seal")
+
+    trainer = sealed_run(tmp_path)
+    seal = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SealCheckpoints))
+    trainer.remove_callback(seal)
+    trainer.add_callback(KilledAt16())
+    trainer.add_callback(seal)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert checkpoint_problem(tmp_path / "checkpoints" / "checkpoint-16") == "not sealed"  # complete, no seal
+    assert RunFolder(tmp_path).last_checkpoint().endswith("checkpoint-8")
+    assert "skipping damaged checkpoint-16 (not sealed: its write was cut short)" in caplog.text
+
+
 def test_checkpoints_of_an_older_mgpp_are_checked_for_completeness(tmp_path, caplog):
     """A folder with no sealed checkpoint at all (written before the seals): each is checked for what its
     structure shows, the newest complete one resumed with a warning; a truncated torch file is named."""

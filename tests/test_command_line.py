@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import train_in_process
+
 from mgpp.command_line import UsageError, check_override_keys, check_plugins, check_requirements, overrides_of
 from mgpp.console import final_line, step_line
 
@@ -102,6 +104,13 @@ def test_a_folder_in_use_is_refused_in_one_line(tmp_path):
             assert (folder / "config.yaml").read_text() == "the live run's\n"
             assert (folder / "run.lock").exists()
             assert sorted(p.name for p in folder.iterdir()) == [".run.lock", "checkpoints", "config.yaml", "run.lock"]
+        # a job whose folder Hydra did not name (a sweep job's, output_dir=): train() takes the lock before it
+        # moves anything, so resume=false still moves nothing
+        proc = train_in_process("model=tiny_bert", "task=rte", "logger=[jsonl]", f"hydra.run.dir={tmp_path / 'hydra'}",
+                                f"output_dir={folder}", "resume=false")
+        assert proc.returncode != 0 and "is in use by another run" in proc.stderr + proc.stdout
+        assert (folder / "checkpoints" / "checkpoint-5").is_dir() and not (folder / "checkpoints.old-1").exists()
+        assert (folder / "config.yaml").read_text() == "the live run's\n"
     finally:
         live.release()
 
