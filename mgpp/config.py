@@ -339,11 +339,28 @@ def _refuse_unknown_keys(cfg: DictConfig) -> None:
                              "installed transformers is a trainer.<name> key already)")
 
 
+def _check_recipe_resolves(cfg: DictConfig) -> None:
+    """A per-task recipe table (``${recipe.<task>.<knob>}``) without the task's entry, named as such rather
+    than as the interpolation error it would be."""
+    from omegaconf.errors import InterpolationKeyError
+
+    for key in cfg.trainer:
+        try:
+            cfg.trainer[key]
+        except InterpolationKeyError as err:
+            missing = str(err).split("'")[1] if "'" in str(err) else ""
+            if missing.startswith("recipe."):
+                raise ValueError(f"the recipe has no entry for task {cfg.task.name} (trainer.{key} reads {missing}): "
+                                 "add one to the recipe file, or choose another recipe=") from None
+            raise
+
+
 def validate(cfg: DictConfig, hardware: bool = True) -> None:
     """Value checks that the schema's types cannot express; raises ValueError naming the key.
     ``hardware=False`` leaves out what depends on this machine (fp16 needs a CUDA GPU): a GPU
     recipe's config, printed on a CPU machine, is still checked for everything else."""
     _refuse_unknown_keys(cfg)
+    _check_recipe_resolves(cfg)
     if cfg.output_dir is None:
         raise ValueError("output_dir is not set: run through python -m mgpp.train, or pass output_dir=<folder>")
     if not 0.0 <= cfg.sparsity < 1.0:
@@ -363,6 +380,17 @@ def validate(cfg: DictConfig, hardware: bool = True) -> None:
     if cfg.trainer.get("load_best_model_at_end"):
         raise ValueError("trainer.load_best_model_at_end=true is not supported: the best checkpoint of a pruning run "
                          "is usually an early, less sparse one, and the model/ folder must hold the final pruned model")
+    for key in ("save_steps", "eval_steps", "logging_steps"):  # steps, or a fraction of the run's steps
+        value = cfg.trainer.get(key)
+        if value is not None and value <= 0:
+            raise ValueError(f"trainer.{key} must be positive (steps, or a fraction of the run's steps below 1), "
+                             f"got trainer.{key}={value}")
+    if cfg.trainer.get("learning_rate") is not None and cfg.trainer.learning_rate < 0:
+        raise ValueError(f"trainer.learning_rate must not be negative, got trainer.learning_rate={cfg.trainer.learning_rate}")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+        value = cfg.trainer.get(key)
+        if value is not None and value < 1:
+            raise ValueError(f"trainer.{key} must be at least 1, got trainer.{key}={value}")
     if cfg.trainer.gradient_accumulation_steps < 1:
         raise ValueError("trainer.gradient_accumulation_steps must be at least 1, got "
                          f"trainer.gradient_accumulation_steps={cfg.trainer.gradient_accumulation_steps}")

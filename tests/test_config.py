@@ -30,7 +30,9 @@ def compose_train(*overrides):
 def test_every_option_composes_and_validates(group, option):
     value = f"[{option}]" if group == "logger" else option
     extra = {("model", "local"): ["model.pretrained=/some/folder"],
-             ("pruning", "semi_structured"): ["sparsity=0.5"]}.get((group, option), [])
+             ("pruning", "semi_structured"): ["sparsity=0.5"],
+             ("recipe", "glue_standard"): ["task=mrpc"],  # a per-task table: MRPC's entry is the one searched
+             ("sweep", "dense_search"): ["task=mrpc"]}.get((group, option), [])
     cfg = compose_train(f"{group}={value}", *extra)
     validate(cfg)
     method = build_method(cfg)
@@ -134,10 +136,23 @@ def test_unknown_group_option_is_named():
         compose_train("task=mnlii")
 
 
+def test_a_recipe_without_the_tasks_entry_is_named():
+    with pytest.raises(ValueError, match=r"recipe has no entry for task sst2 \(trainer.learning_rate reads "
+                                         r"recipe.sst2.learning_rate\)"):
+        validate(compose_train("recipe=glue_standard", "task=sst2"))
+
+
 @pytest.mark.parametrize("override,message", [
     ("sparsity=1.5", "sparsity=1.5"),
     ("sparsity=-0.1", "sparsity=-0.1"),
     ("+trainer.extra.warmup_ratio=0.1", "warmup_ratio"),
+    # refused before anything loads, by key (once torch's words after the data loaded; save_steps=0 ran with no
+    # checkpoint at all)
+    ("trainer.save_steps=0", "trainer.save_steps must be positive"),
+    ("trainer.eval_steps=0", "trainer.eval_steps must be positive"),
+    ("trainer.logging_steps=-1", "trainer.logging_steps must be positive"),
+    ("trainer.learning_rate=-1e-4", "trainer.learning_rate must not be negative"),
+    ("trainer.per_device_train_batch_size=0", "trainer.per_device_train_batch_size must be at least 1"),
 ])
 def test_impossible_values_are_named(override, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
