@@ -3,9 +3,11 @@
 Measures, on the offline default model (MiniLM-L6, batch 32, sequence 64):
 
 * median wall time of a Hugging Face Trainer step: dense; MGPP with the prior every step
-  and no pruning that step; MGPP steps that prune (every 10th);
+  and no pruning that step; MGPP steps that prune (every 10th); MGPP steps after ``t_f``, where
+  every step prunes to the final sparsity (the pruner finds the threshold near the previous one);
 * the engine's pieces alone: prior gradient, one global prune, threshold selection
-  (our chunked radix select vs ``torch.kthvalue`` over the concatenation);
+  (our chunked radix select vs ``torch.kthvalue`` over the concatenation), and the prune timed
+  inside the after-``t_f`` runs;
 * peak transient memory of threshold selection and of a prune, against the size of a
   concatenated float32 copy of all target weights;
 * persistent per-weight state held by the pruning callback.
@@ -28,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,6 +55,8 @@ from mgpp.callback import PruningCallback  # noqa: E402
 from mgpp.pruning import GlobalPruner, TargetSelector, kth_smallest, num_to_prune  # noqa: E402
 
 SPARSITY, PRUNE_EVERY = 0.9, 10
+#: after-t_f runs: prunes at the final sparsity dropped before timing (the band adapts its width)
+AFTER_T_F_SETTLE = 3
 # A fixed mmap threshold makes glibc return every freed buffer above 64 KiB to the OS,
 # so the process's peak resident size (VmHWM) tracks the live tensors.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -104,6 +109,24 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self._t0)
 
 
+class TimedPrunes:
+    """Times each call of ``pruner.prune_`` (the prune alone, inside a Trainer run)."""
+
+    def __init__(self, pruner, sync):
+        self.times: list[float] = []
+        inner = pruner.prune_
+
+        def prune_(*args, **kwargs):
+            sync()
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            sync()
+            self.times.append(time.perf_counter() - t0)
+            return out
+
+        pruner.prune_ = prune_
+
+
 def time_trainer(make_model, method, steps, batch, seq, device, bf16, out_dir) -> list[float]:
     torch.manual_seed(0)
     model = make_model()
@@ -127,31 +150,49 @@ def median(xs):
 
 
 def bench_steps(name, steps, batch, seq, device, bf16, warmup, repeats, tmp) -> dict:
-    """Dense and MGPP runs, alternated ``repeats`` times; the first ``warmup`` steps of each run are dropped."""
+    """Dense, MGPP and MGPP-after-t_f runs, rotated ``repeats`` times; the first ``warmup`` steps of each run
+    are dropped, and in the after-t_f runs also the first ``AFTER_T_F_SETTLE`` steps past t_f."""
     make_model = MODELS[name]
     # Prior at full weight from step 1 (t_i=0); prune every 10 steps; t_f = last step.
     method = lambda: preset("mgpp", sparsity=SPARSITY, t_i=0, t_f=steps, prune_every=PRUNE_EVERY)  # noqa: E731
     schedule = method().schedule.bind(steps)
-    dense, prior_only, pruning = [], [], []
+    # After t_f (= the warm-up): every step prunes to the final sparsity
+    t_f = max(1, min(warmup, steps))
+    after = lambda: preset("mgpp", sparsity=SPARSITY, t_i=0, t_f=t_f, prune_every=PRUNE_EVERY)  # noqa: E731
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    dense, prior_only, pruning, after_t_f, after_prunes, selections = [], [], [], [], [], Counter()
+    kinds = ("dense", "mgpp", "after_t_f")
     for r in range(repeats):
-        for kind in (("dense", "mgpp") if r % 2 == 0 else ("mgpp", "dense")):  # alternate who goes first
+        for kind in kinds[r % 3:] + kinds[:r % 3]:  # rotate who goes first
             if kind == "dense":
                 dense += time_trainer(make_model, None, steps, batch, seq, device, bf16, tmp)[warmup:]
-                continue
-            times = time_trainer(make_model, method(), steps, batch, seq, device, bf16, tmp)
-            for t, dt in enumerate(times, start=1):
-                if t > warmup:
-                    (pruning if schedule.prunes_at(t) else prior_only).append(dt)
+            elif kind == "mgpp":
+                times = time_trainer(make_model, method(), steps, batch, seq, device, bf16, tmp)
+                for t, dt in enumerate(times, start=1):
+                    if t > warmup:
+                        (pruning if schedule.prunes_at(t) else prior_only).append(dt)
+            else:
+                m = after()
+                prunes = TimedPrunes(m.pruner, sync)
+                times = time_trainer(make_model, m, steps, batch, seq, device, bf16, tmp)
+                after_t_f += times[t_f + AFTER_T_F_SETTLE:]  # steps t_f + 1, ... prune (t_f itself too)
+                after_prunes += prunes.times[1 + AFTER_T_F_SETTLE:]  # prunes.times[0]: at t_f
+                selections += m.pruner.selections
         print(f"  [{name}] repeat {r + 1}/{repeats}: dense {median(dense):.4f}s, "
-              f"mgpp {median(prior_only):.4f}s, mgpp+prune {median(pruning):.4f}s", flush=True)
+              f"mgpp {median(prior_only):.4f}s, mgpp+prune {median(pruning):.4f}s, "
+              f"after t_f {median(after_t_f):.4f}s (prune {median(after_prunes):.4f}s)", flush=True)
     d = median(dense)
     return {
         "dense_step_s": d,
         "mgpp_step_s": median(prior_only),
         "mgpp_prune_step_s": median(pruning),
+        "after_t_f_step_s": median(after_t_f),
+        "after_t_f_prune_s": median(after_prunes),
+        "after_t_f_selections": dict(selections),
         "mgpp_vs_dense": median(prior_only) / d,
         "prune_step_vs_dense": median(pruning) / d,
-        "n_dense": len(dense), "n_mgpp": len(prior_only), "n_prune": len(pruning),
+        "after_t_f_vs_dense": median(after_t_f) / d,
+        "n_dense": len(dense), "n_mgpp": len(prior_only), "n_prune": len(pruning), "n_after_t_f": len(after_t_f),
     }
 
 
@@ -278,6 +319,9 @@ def markdown(res: dict) -> str:
         # The same ratios from the pieces timed alone: far less noisy than step medians.
         est_prior = (s["dense_step_s"] + c["prior_grad_s"]) / s["dense_step_s"]
         est_prune = (s["dense_step_s"] + c["prior_grad_s"] + c["prune_s"]) / s["dense_step_s"]
+        est_after = (s["dense_step_s"] + c["prior_grad_s"] + s["after_t_f_prune_s"]) / s["dense_step_s"]
+        found = s["after_t_f_selections"]
+        tries = sum(n for outcome, n in found.items() if outcome.startswith("band"))
         lines += [f"## {name} (batch {res['batch']}, seq {res['seq']}{', bf16' if r['bf16'] else ''}; "
                   f"{c['target_tensors']} target tensors, {c['target_weights']:,} target weights)", "",
                   "| Trainer step (median) | seconds | vs dense | dense + pieces timed alone | target |",
@@ -286,12 +330,16 @@ def markdown(res: dict) -> str:
                   f"| MGPP, prior only (n={s['n_mgpp']}) | {s['mgpp_step_s']:.4f} | {s['mgpp_vs_dense']:.3f} | "
                   f"{est_prior:.3f} | <= 1.03 |",
                   f"| MGPP, step that prunes (n={s['n_prune']}) | {s['mgpp_prune_step_s']:.4f} | "
-                  f"{s['prune_step_vs_dense']:.3f} | {est_prune:.3f} | <= 1.10 |", "",
+                  f"{s['prune_step_vs_dense']:.3f} | {est_prune:.3f} | <= 1.10 |",
+                  f"| MGPP, step after t_f (every step prunes) (n={s['n_after_t_f']}) | {s['after_t_f_step_s']:.4f} | "
+                  f"{s['after_t_f_vs_dense']:.3f} | {est_after:.3f} | <= 1.03 |", "",
                   "| engine piece alone (median) | seconds |", "|---|---|",
                   f"| prior gradient (all targets), torch._foreach (default) | {c['prior_grad_s']:.4f} |",
                   f"| prior gradient, `MixtureGaussian(compile=True)` (one-off compile: "
                   f"{c['prior_compile_s']:.1f} s) | {c['prior_grad_compiled_s']:.4f} |",
                   f"| global prune to {SPARSITY:.0%} | {c['prune_s']:.4f} |",
+                  f"| prune after t_f, in those runs (threshold found near the previous one: "
+                  f"{found.get('band', 0)} of {tries}) | {s['after_t_f_prune_s']:.4f} |",
                   f"| threshold: radix select | {c['radix_select_s']:.4f} |",
                   f"| threshold: torch.kthvalue over concatenation | {c['kthvalue_concat_s']:.4f} |", ""]
         if "memory" in r:
@@ -317,7 +365,7 @@ def main(argv=None):
                     " (default: minilm on CPU; minilm,bert_base,deberta_v3_base on a GPU)")
     ap.add_argument("--steps", type=int, default=30, help="Trainer steps per run")
     ap.add_argument("--warmup", type=int, default=3, help="steps dropped at the start of each run")
-    ap.add_argument("--repeats", type=int, default=3, help="dense/MGPP run pairs, alternated")
+    ap.add_argument("--repeats", type=int, default=3, help="dense/MGPP/MGPP-after-t_f run triples, rotated")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
@@ -348,7 +396,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             bf16 = device == "cuda"
-            print(f"{name}: timing Trainer steps ({args.repeats} x dense/MGPP, {args.steps} steps each)", flush=True)
+            print(f"{name}: timing Trainer steps ({args.repeats} x dense/MGPP/MGPP after t_f, {args.steps} steps each)",
+                  flush=True)
             entry = {"bf16": bf16,
                      "steps": bench_steps(name, args.steps, args.batch, args.seq, device, bf16, args.warmup,
                                           args.repeats, tmp),

@@ -8,8 +8,8 @@
   the same value ``torch.kthvalue`` returns on the concatenation. Histograms add up,
   so the same code could select globally across shards by summing them.
 * :class:`GlobalPruner` zeroes exactly ``floor(v * d)`` of the ``d`` target weights. When it prunes
-  to the same count again (every step after ``t_f``), it first looks for the threshold in a narrow
-  band around the previous one (:func:`_select_in_band`: one counting pass, the few in-band scores
+  to the same count again (every step after ``t_f``), it first looks for the threshold in a band
+  around the previous one (:func:`_select_in_band`: one counting pass, the few scores in the band
   sorted out exactly) and runs the radix select only when the threshold left the band.
 * :class:`FixedMask` keeps pruned weights at zero after a schedule freezes the mask.
 """
@@ -188,8 +188,12 @@ class MagnitudeScore:
     #: (a score without this attribute may be negative).
     nonnegative = True
 
-    def __call__(self, weights: Tensor) -> Tensor:
-        return weights.detach().float().abs()
+    def __call__(self, weights: Tensor, out: Tensor | None = None) -> Tensor:
+        """``out``: a float32 buffer of the same size to write the scores into, instead of a new tensor."""
+        if out is None:
+            return weights.detach().float().abs()
+        weights = weights.detach()
+        return torch.abs(weights, out=out) if weights.dtype == torch.float32 else out.copy_(weights).abs_()
 
     def __repr__(self) -> str:
         return "MagnitudeScore()"
@@ -210,6 +214,20 @@ def _chunks(params: Sequence[Tensor], chunk_numel: int) -> Iterator[Tensor]:
         flat = p.detach().view(-1)
         for start in range(0, flat.numel(), chunk_numel):
             yield flat[start : start + chunk_numel]
+
+
+def _scored_chunks(params: Sequence[Tensor], chunk_numel: int, score: Score) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(chunk, score(chunk))`` for the chunks of :func:`_chunks`. |w| goes into one buffer reused chunk
+    after chunk (a fresh tensor per chunk made the pass over the weights about 1.5x slower on CPU), so
+    each chunk's scores last only until the next one is yielded: keep what is computed from them."""
+    buffer = None
+    for chunk in _chunks(params, chunk_numel):
+        if not _is_magnitude(score):
+            yield chunk, score(chunk)
+            continue
+        if buffer is None:
+            buffer = torch.empty(chunk_numel, dtype=torch.float32, device=chunk.device)
+        yield chunk, score(chunk, out=buffer[: chunk.numel()])
 
 
 def _order_keys(scores: Tensor, nonnegative: bool) -> Tensor:
@@ -241,16 +259,18 @@ def _add_counts(hist: Tensor, values: Tensor) -> None:
 
 
 def _masked_gather(values: Tensor, mask: Tensor) -> Tensor:
-    """``values[mask != 0]`` (1-D, in order) for a fresh ``mask`` (bool or float32) that is mostly zero.
+    """``values[mask != 0]`` (1-D, in order) for a fresh ``mask``, bool or 0/1 float32, that is mostly zero.
 
-    Boolean indexing scans the mask an element at a time, which on CPU costs several times an
-    elementwise pass; read as int64 words, the mask gives the blocks of 8 (bool) or 2 (float32)
-    elements that hold any nonzero with a shorter scan, and only those blocks are looked at again."""
-    per = 8 // mask.element_size()
-    if mask.numel() % per or mask.storage_offset() % per:
+    Boolean indexing scans the mask an element at a time, on CPU several times the cost of an
+    elementwise pass. Here a vectorized pass finds the blocks of the mask that hold any nonzero (8 bools
+    read as one int64, or 64 floats summed), and only those blocks are looked at again."""
+    boolean = mask.dtype == torch.bool
+    block = 8 if boolean else 64
+    if mask.numel() % block or (boolean and mask.storage_offset() % block):
         return values[mask != 0]
-    blocks = mask.view(torch.int64).nonzero().view(-1)
-    return values.view(-1, per)[blocks][mask.view(-1, per)[blocks] != 0]
+    any_set = mask.view(torch.int64) if boolean else mask.view(-1, block).sum(1)
+    hit = any_set.nonzero().view(-1)
+    return values.view(-1, block)[hit][mask.view(-1, block)[hit] != 0]
 
 
 def _locate(hist: Tensor, k: int) -> tuple[int, int]:
@@ -324,8 +344,8 @@ def _select(params: Sequence[Tensor], k: int, score: Score, chunk_numel: int | N
     nonneg = getattr(score, "nonnegative", False)
     offset = 0 if nonneg else 1 << 15  # maps the high 16 bits of the keys onto [0, 65536)
     hist = torch.zeros(1 << 16, dtype=torch.int64, device=device)
-    for chunk in _chunks(params, chunk_numel):
-        high = _order_keys(score(chunk), nonneg) >> 16
+    for _, scores in _scored_chunks(params, chunk_numel, score):
+        high = _order_keys(scores, nonneg) >> 16
         if offset:
             high += offset
         _add_counts(hist, high)
@@ -336,8 +356,8 @@ def _select(params: Sequence[Tensor], k: int, score: Score, chunk_numel: int | N
 
     hist.zero_()
     high_key = high_bin - offset
-    for chunk in _chunks(params, chunk_numel):
-        keys = _order_keys(score(chunk), nonneg)
+    for _, scores in _scored_chunks(params, chunk_numel, score):
+        keys = _order_keys(scores, nonneg)
         low = _masked_gather(keys, (keys >> 16) == high_key)
         low &= 0xFFFF
         _add_counts(hist, low)
@@ -353,10 +373,11 @@ def _select_in_band(params: Sequence[Tensor], k: int, score: Score, chunk_numel:
     The pass counts the scores below ``lo`` and gathers those in the band (a few hundred when the band
     is a narrow one around the previous threshold); the k-th score is then the right one of the band's
     ``torch.kthvalue``, and the counts below and equal to it are exact, ties included. The comparisons
-    write 0/1 float32s (on CPU several times faster than bool results) whose sums count exactly (chunks
-    of at most 2**24). The pass also takes each chunk's largest score: NaN propagates through ``amax``
-    and an inf is the largest, so a score that is not finite shows there without a pass of its own
-    (NaN fails every comparison, so it would only vanish from the counts; an inf counts as above).
+    write 0/1 float32s (on CPU several times faster than bool results), whose float32 sums count
+    exactly up to 2**24 (float64 sums past that). The pass also takes each chunk's largest score: NaN
+    propagates through ``amax`` and an inf is the largest, so a score that is not finite shows there
+    without a pass of its own (NaN fails every comparison, so it would only vanish from the counts;
+    an inf counts as above the band).
 
     Returns ``(selection, "band")``, or ``(None, why)`` when the band cannot tell: ``"band_miss"``, the
     k-th score is outside it; ``"band_full"``, more than ``max_band`` scores are in it (the pass stops
@@ -364,24 +385,22 @@ def _select_in_band(params: Sequence[Tensor], k: int, score: Score, chunk_numel:
     same whatever the band. ``refuse_nonfinite``: a NaN or inf score gives ``"band_nonfinite"``, for the
     caller to raise :data:`NONFINITE_WEIGHTS` as :func:`_select` would.
     """
-    chunk_numel = min(chunk_numel, 1 << 24)
     below, pieces, tops, n_band = 0, [], [], 0
-    under = upto = None  # 0/1 float32 buffers: score < lo, score <= hi
-    for chunk in _chunks(params, chunk_numel):
-        s = score(chunk)
-        if under is None:
-            under, upto = (torch.empty(chunk_numel, dtype=torch.float32, device=s.device) for _ in range(2))
+    flags = None  # 0/1 float32 rows: score < lo, score <= hi
+    for _, s in _scored_chunks(params, chunk_numel, score):
+        if flags is None:
+            flags = torch.empty(2, chunk_numel, dtype=torch.float32, device=s.device)
         n = s.numel()
-        torch.lt(s, lo, out=under[:n])
-        torch.le(s, hi, out=upto[:n])
-        n_under = int(under[:n].sum())
-        in_band = int(upto[:n].sum()) - n_under
-        below += n_under
-        if in_band:
-            n_band += in_band
+        under, upto = flags[0, :n], flags[1, :n]
+        torch.lt(s, lo, out=under)
+        torch.le(s, hi, out=upto)
+        n_under, n_upto = flags[:, :n].sum(1, dtype=torch.float64 if n > 1 << 24 else None).tolist()
+        below += int(n_under)
+        if n_upto > n_under:
+            n_band += int(n_upto - n_under)
             if n_band > max_band:
                 return None, "band_full"
-            pieces.append(_masked_gather(s.view(-1), upto[:n].sub_(under[:n])))  # 1.0 in the band
+            pieces.append(_masked_gather(s, upto.sub_(under)))  # 1.0 in the band
         tops.append(s.amax())
     top = float(torch.stack(tops).amax()) if tops else 0.0
     if refuse_nonfinite and not math.isfinite(top):
@@ -441,7 +460,7 @@ class GlobalPruner:
     Ties at the threshold are broken deterministically: the earliest weights in model
     order (target tensor order, then flat index) are pruned first.
 
-    After ``t_f`` every step prunes the same number of weights and the threshold barely moves, so
+    After ``t_f`` every step prunes the same number of weights and the threshold moves little, so
     the pruner remembers its last threshold (plain attributes, never saved: a hint, not state) and
     looks for the next one in a band around it (:func:`_select_in_band`) before any radix select.
     ``selections`` counts how each threshold was found (``"band"``, ``"radix"``, and the band's misses).
@@ -513,16 +532,17 @@ class GlobalPruner:
         allowance = None  # per local tensor: how many of its tied weights go (sharded, some ties only)
         if not every_tie and group is not None:
             allowance = self._tie_allowance(params, threshold, ties_left, chunk_numel, group)
+        # |w| <= t -> +0.0 as masked_fill_ below does, in one vectorized in-place pass and no mask
+        shrinks = ({dtype for dtype in {p.dtype for p in params} if _shrinks_exactly(dtype, threshold)}
+                   if every_tie and _is_magnitude(self.score) else set())
         for i, p in enumerate(params):
-            if every_tie and _is_magnitude(self.score) and _shrinks_exactly(p.dtype, threshold):
-                # |w| <= t -> +0.0, as masked_fill_ below, in one vectorized in-place pass with no mask
+            if p.dtype in shrinks:
                 w = p.detach()
                 torch.ops.aten.hardshrink.out(w, threshold, out=w)
                 continue
             if allowance is not None:
                 ties_left = allowance[i]
-            for chunk in _chunks([p], chunk_numel):
-                s = self.score(chunk)
+            for chunk, s in _scored_chunks([p], chunk_numel, self.score):
                 if every_tie:
                     chunk.masked_fill_(s <= threshold, 0.0)
                     continue
@@ -575,7 +595,7 @@ class GlobalPruner:
         import torch.distributed as dist
 
         device = _device(params)
-        counts = torch.tensor([sum(int((self.score(c) == threshold).sum()) for c in _chunks([p], chunk_numel))
+        counts = torch.tensor([sum(int((s == threshold).sum()) for _, s in _scored_chunks([p], chunk_numel, self.score))
                                for p in params], dtype=torch.int64, device=device)
         world, rank = dist.get_world_size(group), dist.get_rank(group)
         table = torch.zeros(world, len(params), dtype=torch.int64, device=device)

@@ -25,6 +25,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs a worker per core:
 else:
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
+try:  # absl's logging handler (rouge-score brings it) closes its stream on logging.shutdown unless that stream is
+    # the sys.stderr of the moment; Hydra's job logging shuts handlers down at each in-process run, while
+    # train_in_process redirects sys.stderr, so it would close pytest's capture. Tests only: detach, never close.
+    import logging as _logging
+
+    from absl.logging import PythonHandler as _AbslHandler
+
+    _AbslHandler.close = _logging.StreamHandler.close
+except ImportError:
+    pass
+
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB, HIDDEN, LAYERS, HEADS, FFN = 128, 32, 2, 2, 64
 
@@ -115,9 +126,10 @@ def train_in_process(*args: str) -> Finished:
         torch.set_rng_state(rng[2])
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None  # a later compose must not resolve ${hydra:...} to this run
-        for handler in root.handlers:  # the run's file and console handlers (Hydra's job logging)
-            if handler not in handlers:
-                handler.close()
+        for handler in root.handlers:  # the run's handlers (Hydra's job logging; absl's, which rouge-score adds)
+            if handler not in handlers and isinstance(handler, logging.FileHandler):
+                handler.close()  # the job log's file; other handlers are only detached (absl's close() closes its
+                # stream when it is not the sys.stderr of the moment: pytest's capture, once restored)
         root.handlers[:] = handlers
         root.setLevel(level)
         for name, (lvl, propagate, own) in loggers.items():  # levels quiet_libraries set, handlers Hydra added

@@ -194,21 +194,42 @@ def band_tries(pruner):
 
 
 @pytest.mark.parametrize("chunk", [7, 100, 1 << 17])
-@pytest.mark.parametrize("move", [1e-4, 1e-2, 1.0])
+@pytest.mark.parametrize("move", [1e-4, 1e-2, 1.0, "rescale"])
 def test_band_select_equals_radix_select_on_moving_weights(chunk, move):
-    """Every round: all weights move (the pruned ones regrow), then prune to the same sparsity again."""
+    """Every round all weights move (the pruned ones regrow), then a prune to the same sparsity again;
+    "rescale" also scales every weight by 3 or 1/3 in turn, throwing the threshold out of any band."""
     ps = tensors_with_ties()
     pruner = GlobalPruner(chunk_numel=chunk)
     gen = torch.Generator().manual_seed(2)
     rounds = 12
-    for _ in range(rounds):
+    for r in range(rounds):
         for p in ps:
-            p.add_(torch.randn(p.shape, generator=gen) * move * p.abs().mean())
+            p.add_(torch.randn(p.shape, generator=gen) * (1.0 if move == "rescale" else move) * p.abs().mean())
+            if move == "rescale":
+                p.mul_(3.0 if r % 2 else 1 / 3)
         prune_both(ps, 0.8, pruner, chunk)
     assert band_tries(pruner) == rounds - 1  # every prune after the first had a hint
     assert pruner.selections["band"] + pruner.selections["radix"] == rounds
-    if move < 1.0:  # small moves: after a round or two of adapting its width, the band finds the threshold
-        assert pruner.selections["band"] >= rounds - 4, pruner.selections
+    if move == "rescale":
+        assert pruner.selections["band_miss"] == rounds - 1
+    else:  # after the first hint (the threshold of weights never pruned before), the band finds it
+        assert pruner.selections["band"] >= rounds - 3, pruner.selections
+
+
+def test_band_select_equals_radix_select_for_n_m_pruning():
+    """N:M scores hold +inf (each group's best): the band's counts take them as above it."""
+    from mgpp.pruning import NMPruner
+
+    torch.manual_seed(4)
+    ps = [torch.randn(16, 24), torch.randn(8, 12)]
+    pruner = NMPruner(n=2, m=4)
+    for _ in range(6):
+        for p in ps:
+            p.add_(torch.randn(p.shape) * 1e-3)
+        copies = [p.clone() for p in ps]
+        assert pruner.prune_(ps, 0.4) == NMPruner(n=2, m=4).prune_(copies, 0.4)
+        assert all(torch.equal(a, b) for a, b in zip(ps, copies))
+    assert pruner.selections["band"] >= 3, pruner.selections
 
 
 def test_band_hits_the_ties_at_zero_when_the_pruned_weights_stay_pruned():
