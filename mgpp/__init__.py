@@ -16,7 +16,7 @@ and, to deploy what it prunes:
 
 from .methods import PruningMethod, method_names, preset
 from .priors import L2, Laplace, MixtureGaussian, NoPrior, Prior
-from .pruning import GlobalPruner, MagnitudeScore, NMPruner, TargetSelector, kth_smallest
+from .pruning import BlockScore, GlobalPruner, LayerwisePruner, MagnitudeScore, NMPruner, TargetSelector, kth_smallest
 from .schedules import CubicSparsity, FixedSparsity, NoPruning, PriorAnnealing
 
 __version__ = "0.1.0"
@@ -38,7 +38,7 @@ __all__ = [
     "Prior", "MixtureGaussian", "L2",
     "Laplace", "NoPrior",
     "CubicSparsity", "PriorAnnealing", "NoPruning", "FixedSparsity",
-    "TargetSelector", "MagnitudeScore", "GlobalPruner", "NMPruner", "kth_smallest",
+    "TargetSelector", "MagnitudeScore", "GlobalPruner", "NMPruner", "LayerwisePruner", "BlockScore", "kth_smallest",
     "export_sparse", "load_sparse", "sparsify_for_inference", "SparseLinear",
     "PruningMethod", "method_names", "preset",
 ]

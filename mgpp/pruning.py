@@ -11,6 +11,8 @@
   to the same count again (every step after ``t_f``), it first looks for the threshold in a band
   around the previous one (:func:`_select_in_band`: one counting pass, the few scores in the band
   sorted out exactly) and runs the radix select only when the threshold left the band.
+* :class:`LayerwisePruner` prunes every target tensor to the same sparsity, each by its own threshold;
+  :class:`BlockScore` scores whole ``rows x cols`` blocks, so that a pruner drops blocks (CPU kernels).
 * :class:`FixedMask` keeps pruned weights at zero after a schedule freezes the mask.
 """
 
@@ -39,6 +41,8 @@ __all__ = [
     "GlobalPruner",
     "NMPruner",
     "SemiStructuredScore",
+    "LayerwisePruner",
+    "BlockScore",
     "PruneResult",
     "FixedMask",
     "save_mask",
@@ -219,7 +223,24 @@ def _chunks(params: Sequence[Tensor], chunk_numel: int) -> Iterator[Tensor]:
 def _scored_chunks(params: Sequence[Tensor], chunk_numel: int, score: Score) -> Iterator[tuple[Tensor, Tensor]]:
     """``(chunk, score(chunk))`` for the chunks of :func:`_chunks`. |w| goes into one buffer reused chunk
     after chunk (a fresh tensor per chunk made the pass over the weights about 1.5x slower on CPU), so
-    each chunk's scores last only until the next one is yielded: keep what is computed from them."""
+    each chunk's scores last only until the next one is yielded: keep what is computed from them.
+
+    A score with a ``matrix_rows`` attribute (:class:`BlockScore`) reads each weight as a matrix
+    ``(rows, last dim)``: its chunks are still flat views in flat order, but hold whole multiples of
+    ``matrix_rows`` rows (at least one such band, whatever ``chunk_numel``), and the score is called on
+    the chunk viewed as ``(-1, last dim)``; its flattened scores are yielded."""
+    rows = getattr(score, "matrix_rows", None)
+    if rows:
+        for p in params:
+            w = p.detach()
+            width = w.shape[-1] if w.dim() else 1
+            unit = max(1, rows * width)
+            step = max(unit, chunk_numel // unit * unit)
+            flat = w.view(-1)
+            for start in range(0, flat.numel(), step):
+                chunk = flat[start : start + step]
+                yield chunk, score(chunk.view(-1, width)).reshape(-1)
+        return
     buffer = None
     for chunk in _chunks(params, chunk_numel):
         if not _is_magnitude(score):
@@ -388,9 +409,9 @@ def _select_in_band(params: Sequence[Tensor], k: int, score: Score, chunk_numel:
     below, pieces, tops, n_band = 0, [], [], 0
     flags = None  # 0/1 float32 rows: score < lo, score <= hi
     for _, s in _scored_chunks(params, chunk_numel, score):
-        if flags is None:
-            flags = torch.empty(2, chunk_numel, dtype=torch.float32, device=s.device)
         n = s.numel()
+        if flags is None or flags.shape[1] < n:  # a matrix score's chunks may exceed chunk_numel
+            flags = torch.empty(2, max(chunk_numel, n), dtype=torch.float32, device=s.device)
         under, upto = flags[0, :n], flags[1, :n]
         torch.lt(s, lo, out=under)
         torch.le(s, hi, out=upto)
@@ -488,7 +509,11 @@ class GlobalPruner:
 
     def check_targets(self, names: Sequence[str] | None, params: Sequence[Tensor],
                       input_dims: Sequence[int] | None = None) -> None:
-        """Refuse targets this pruner cannot prune (a pattern pruner checks their shapes and layout)."""
+        """Refuse targets this pruner cannot prune (a pattern pruner checks their shapes and layout); a score
+        with a ``check_targets`` of its own (:class:`BlockScore`) checks them too."""
+        check = getattr(self.score, "check_targets", None)
+        if check is not None:
+            check(names, params, input_dims)
 
     @property
     def calibration_score(self) -> Score:
@@ -681,6 +706,133 @@ class NMPruner(GlobalPruner):
 
     def __repr__(self) -> str:
         return f"NMPruner(n={self.n}, m={self.m})"
+
+
+@dataclass
+class LayerwisePruner(GlobalPruner):
+    """Uniform per-layer sparsity: zeroes the ``floor(v * n_i)`` lowest-scoring weights of every target
+    tensor ``i`` (``n_i`` weights) by a threshold of its own, instead of one threshold over all targets,
+    so that every layer ends at the same sparsity (a CPU kernel's speed-up is decided layer by layer).
+
+    Each tensor is pruned exactly as :class:`GlobalPruner` prunes that tensor alone (the same
+    :func:`_select`, the same band around the tensor's previous threshold, ties broken by flat index:
+    earliest first). The pruned count is ``sum_i floor(v * n_i)``, at most ``floor(v * d)`` of the
+    global pruner (a few weights fewer: each tensor rounds down on its own).
+    :attr:`PruneResult.threshold` is the largest of the per-tensor thresholds: every pruned score is
+    at or below it (but, unlike the global pruner's, a weight below it may survive in another tensor).
+
+    Sharded training (a process ``group``) is refused: prune with :class:`GlobalPruner` there.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._pruners: list[GlobalPruner] = []
+
+    def forget_threshold(self) -> None:
+        super().forget_threshold()
+        for pruner in getattr(self, "_pruners", []):
+            pruner.forget_threshold()
+
+    def _tensor_pruners(self, count: int) -> list[GlobalPruner]:
+        """One :class:`GlobalPruner` per target tensor, sharing this pruner's score and selection counts;
+        each remembers its own tensor's last threshold."""
+        if len(self._pruners) != count:
+            self._pruners = [GlobalPruner(score=self.score, chunk_numel=self.chunk_numel) for _ in range(count)]
+            for pruner in self._pruners:
+                pruner.selections = self.selections
+        return self._pruners
+
+    @torch.no_grad()
+    def prune_(self, params: Sequence[Tensor], sparsity: float, names: Sequence[str] | None = None,
+               group=None) -> PruneResult:
+        """Zero ``floor(sparsity * n_i)`` of the ``n_i`` weights of each of ``params``, in place."""
+        if group is not None:
+            raise ValueError("layerwise pruning (uniform per-layer sparsity) does not support sharded training "
+                             "(FSDP: a process group): prune with the global pruner "
+                             "(pruning=global_magnitude), or train on one process or with DDP")
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must lie in [0, 1), got sparsity={sparsity!r}")
+        self.check_targets(names, params)
+        numel = sum(p.numel() for p in params)
+        counts = [num_to_prune(sparsity, p.numel()) for p in params]
+        if sum(counts) == 0:
+            return PruneResult(sparsity, 0, numel, None)
+        # every tensor checked before any is touched, as the global pruner refuses NaN/inf before zeroing
+        if not all(bool(torch.isfinite(p).all()) for p, k in zip(params, counts) if k):
+            raise ValueError(NONFINITE_WEIGHTS)
+        thresholds = []
+        for i, (p, pruner, k) in enumerate(zip(params, self._tensor_pruners(len(params)), counts)):
+            if k == 0:
+                continue
+            result = pruner.prune_([p], sparsity, [names[i]] if names else None)
+            assert result.num_pruned == k
+            thresholds.append(result.threshold)
+        return PruneResult(sparsity, sum(counts), numel, max(thresholds))
+
+    def __repr__(self) -> str:
+        return f"LayerwisePruner(score={self.score!r})"
+
+
+class BlockScore:
+    """Every weight scores the root mean square of its ``rows x cols`` block: the block's L2 norm divided
+    by ``sqrt(rows * cols)`` (the same ranking as the L2 norm, on the weights' own scale, so that prior
+    annealing calibrates on it as on ``|w|``). With any pruner, whole blocks then go together.
+
+    Blocks tile the weight matrix in its ``(out, in)`` layout (``nn.Linear``'s storage; a weight of more
+    than two dimensions is read as ``(prod(shape[:-1]), shape[-1])``): ``rows`` along the output
+    dimension, ``cols`` along the input one. 1x4 (four consecutive inputs of one output) and 4x1 / 16x1
+    (one input of 4 or 16 consecutive outputs) suit CPU block-sparse kernels. Shapes the block does not
+    tile, and GPT-2's ``Conv1D`` weights (stored ``(in, out)``) unless the block is square, are refused
+    by name in :meth:`check_targets`.
+
+    Exactness is the pruner's: ``floor(v * d)`` weights go, so the block at the threshold may be cut
+    partially (its weights tie; the earliest in flat order go first). At sparsities that are multiples
+    of one block's share, and without ties between blocks, every block is all zero or all kept.
+    """
+
+    nonnegative = True
+
+    def __init__(self, rows: int = 1, cols: int = 4):
+        for key, value in (("rows", rows), ("cols", cols)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"block {key} must be a positive integer, got {key}={value!r}")
+        if rows * cols == 1:
+            raise ValueError("a 1x1 block is one weight: use the magnitude score (pruning=global_magnitude)")
+        self.rows, self.cols = rows, cols
+
+    @property
+    def matrix_rows(self) -> int:
+        """Chunks hold whole bands of this many matrix rows (see :func:`_scored_chunks`)."""
+        return self.rows
+
+    def __call__(self, weights: Tensor) -> Tensor:
+        """Scores of a ``(R, C)`` matrix (or a weight of any shape, read as one), ``R`` a multiple of
+        ``rows`` and ``C`` of ``cols``; float32, the shape of ``weights``."""
+        w = weights.detach()
+        matrix = w.reshape(-1, w.shape[-1]).float()
+        r, c = matrix.shape
+        if r % self.rows or c % self.cols:
+            raise ValueError(f"{self!r} cannot tile a {tuple(w.shape)} weight")
+        blocks = matrix.reshape(r // self.rows, self.rows, c // self.cols, self.cols)
+        rms = blocks.square().mean(dim=(1, 3), keepdim=True).sqrt_()
+        return rms.expand_as(blocks).reshape(w.shape)
+
+    def check_targets(self, names: Sequence[str] | None, params: Sequence[Tensor],
+                      input_dims: Sequence[int] | None = None) -> None:
+        for i, p in enumerate(params):
+            name = names[i] if names else f"target tensor {i}"
+            dim = input_dims[i] if input_dims else -1
+            if dim not in (-1, p.dim() - 1) and self.rows != self.cols:
+                raise ValueError(f"{self.rows}x{self.cols} blocks tile the (out, in) layout, which {name} stores "
+                                 "transposed (GPT-2's Conv1D, (in, out)); not supported: exclude it from the targets, "
+                                 "use a square block, or prune unstructured")
+            if p.dim() < 2 or (p.numel() // max(p.shape[-1], 1)) % self.rows or p.shape[-1] % self.cols:
+                raise ValueError(f"{self.rows}x{self.cols} blocks need the output dimension divisible by {self.rows} "
+                                 f"and the input dimension (the last) by {self.cols}: {name} has shape "
+                                 f"{tuple(p.shape)}; exclude it from the targets or pick another block")
+
+    def __repr__(self) -> str:
+        return f"BlockScore(rows={self.rows}, cols={self.cols})"
 
 
 class FixedMask:
