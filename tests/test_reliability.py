@@ -381,3 +381,12 @@ def test_the_loss_watch_is_installed_with_the_console():
         trainer.add_callback = trainer.callbacks.append
         install_console(trainer, None, "accuracy", verbose)
         assert sum(isinstance(c, LossWatch) for c in trainer.callbacks) == 1
+
+
+def test_a_byte_offset_on_the_first_line_counts_the_bom(tmp_path):
+    """A fault on line 1 of a file that starts with a UTF-8 BOM is named at its offset in the file, BOM included."""
+    from mgpp.tasks.data import find_bad_line
+
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"a": 1,,}\n')  # the second comma: character 8 of the text, byte 11
+    assert find_bad_line(path, json_lines=True).endswith("at byte offset 11)")

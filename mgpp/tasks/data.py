@@ -59,7 +59,7 @@ def _not_utf8(path, line: int, offset: int, byte: int, reason: str) -> ValueErro
 
 
 def text_lines(path: str | os.PathLike, bom: bool = True) -> Iterator[tuple[int, int, str]]:
-    """``(line number, byte offset of its first byte, text)`` for each line of a UTF-8 file, a leading BOM
+    """``(line number, byte offset of the text's first byte, text)`` for each line of a UTF-8 file, a leading BOM
     dropped (kept as U+FEFF with ``bom=False``). Lines end where Python's universal newlines end them (LF,
     CR LF, a lone CR) and keep their ending. A byte that is not UTF-8 raises a ValueError naming the file,
     the line and the byte's offset from the start of the file (not from the start of a read buffer)."""
@@ -74,7 +74,7 @@ def text_lines(path: str | os.PathLike, bom: bool = True) -> Iterator[tuple[int,
                 except UnicodeDecodeError as err:
                     at = start + err.start
                     raise _not_utf8(path, number, offset + at, raw[at], err.reason) from None
-                yield number, offset, text
+                yield number, offset + start, text  # the text's first byte: after a dropped BOM
                 offset += len(raw)
 
 
