@@ -253,7 +253,8 @@ class RefuseLiveFolder(Callback):
     only as each job starts; ``train()`` refuses those, after Hydra's record of the job."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        from .run_folder import RunFolder, in_use_message, is_first_process
+        from .distributed import is_first_process
+        from .run_folder import RunFolder, in_use_message
 
         if not is_first_process():  # the other ranks of a multi-process run: rank 0 takes the folder
             return

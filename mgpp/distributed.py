@@ -51,14 +51,28 @@ def local_shards(params: Sequence[Tensor]) -> tuple[list[Tensor], object | None]
     return local, group
 
 
+def _slurm_multi_task() -> bool:
+    """A task of a multi-task SLURM step (``srun``): ``SLURM_STEP_NUM_TASKS`` is set in srun steps only, unlike
+    ``SLURM_NTASKS``, so a single python inside an ``sbatch -n 8`` allocation is not one."""
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
+
+
+def is_first_process() -> bool:
+    """Rank 0 of a multi-process run (torchrun's ``RANK``, or SLURM's ``SLURM_PROCID`` before
+    :func:`export_slurm_env` sets ``RANK``), or the only process."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    return not _slurm_multi_task() or int(os.environ["SLURM_PROCID"]) == 0
+
+
 def export_slurm_env() -> bool:
     """In a task of a multi-task SLURM step (``srun``, as submitit launches them), set ``RANK``,
     ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` from SLURM's
     variables, unless a launcher (torchrun, accelerate) set them already. A batch script that runs python
     once inside an ``sbatch -n 8`` allocation is a single process: it is left alone. Returns whether it did."""
-    ntasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))  # set in srun steps only, unlike SLURM_NTASKS
-    if ntasks <= 1 or "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
+    if "RANK" in os.environ or not _slurm_multi_task():
         return False
+    ntasks = int(os.environ["SLURM_STEP_NUM_TASKS"])
     nodes = int(os.environ.get("SLURM_STEP_NUM_NODES", os.environ.get("SLURM_JOB_NUM_NODES", "1")))
     nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
     if not nodelist:

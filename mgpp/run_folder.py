@@ -119,18 +119,6 @@ class FolderInUse(RuntimeError):
     """Another live run holds the folder."""
 
 
-def is_first_process() -> bool:
-    """Rank 0 of a multi-process run (torchrun's RANK, or SLURM's SLURM_PROCID in a multi-task step, read
-    before torch sets RANK), or the only process."""
-    import os
-
-    if "RANK" in os.environ:
-        return int(os.environ["RANK"]) == 0
-    if int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1")) or 1) > 1:
-        return int(os.environ.get("SLURM_PROCID", "0")) == 0
-    return True
-
-
 def in_use_message(path: Path, holder: str | None) -> str:
     return f"{path} is in use by another run ({holder or 'a live process'}); wait for it to finish"
 
@@ -210,6 +198,8 @@ class RunFolder:
     @property
     def owner(self) -> bool:
         """Whether this process reads, moves and writes the folder: rank 0 of a multi-process run, or the only one."""
+        from .distributed import is_first_process
+
         return is_first_process()
 
     def acquire(self) -> None:
@@ -228,7 +218,7 @@ class RunFolder:
         try:
             lock.acquire()
         except Timeout:
-            raise FolderInUse(in_use_message(self.path, self.holder())) from None
+            raise FolderInUse(in_use_message(self.path, self._recorded_holder())) from None
         try:
             (self.path / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         except BaseException:
@@ -246,15 +236,19 @@ class RunFolder:
         try:
             probe.acquire()
         except Timeout:
-            try:
-                holder = json.loads((self.path / LOCK_FILE).read_text() or "{}")
-            except (OSError, ValueError):
-                holder = {}
-            if not isinstance(holder, dict) or "pid" not in holder:  # its holder has not written run.lock yet
-                return "a live process"
-            return f"pid {holder.get('pid')} on {holder.get('host')}"
+            return self._recorded_holder()
         probe.release()
         return None
+
+    def _recorded_holder(self) -> str:
+        """The holder ``run.lock`` names (``pid N on HOST``), for a lock found taken."""
+        try:
+            holder = json.loads((self.path / LOCK_FILE).read_text() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        if not isinstance(holder, dict) or "pid" not in holder:  # its holder has not written run.lock yet
+            return "a live process"
+        return f"pid {holder.get('pid')} on {holder.get('host')}"
 
     def release(self) -> None:
         lock = getattr(self, "_lock", None)
