@@ -157,11 +157,8 @@ def last_intact_checkpoint(checkpoint_dir: str | os.PathLike) -> str | None:
     (written by an mgpp older than the seals, or cut between write and seal under ``save_total_limit=1``):
     then they are checked for completeness, with a warning."""
     checkpoint_dir = Path(checkpoint_dir)
-    if not checkpoint_dir.is_dir():
-        return None
     log = logging.getLogger(__name__)
-    found = sorted((p for p in checkpoint_dir.iterdir() if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", p.name)),
-                   key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
+    found = _newest_first(checkpoint_dir)
     any_sealed = any((p / MANIFEST_FILE).is_file() for p in found)
     problems = []
     for checkpoint in found:
@@ -186,9 +183,12 @@ def last_intact_checkpoint(checkpoint_dir: str | os.PathLike) -> str | None:
 
 def newest_sealed_checkpoint(checkpoint_dir: str | os.PathLike) -> str | None:
     """The newest checkpoint with a seal, not verified (for a message: verifying reads every file)."""
-    checkpoint_dir = Path(checkpoint_dir)
+    return next((str(p) for p in _newest_first(Path(checkpoint_dir)) if (p / MANIFEST_FILE).is_file()), None)
+
+
+def _newest_first(checkpoint_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders in ``checkpoint_dir`` (none when it does not exist), newest first."""
     if not checkpoint_dir.is_dir():
-        return None
-    sealed = [p for p in checkpoint_dir.iterdir()
-              if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", p.name) and (p / MANIFEST_FILE).is_file()]
-    return str(max(sealed, key=lambda p: int(p.name.rsplit("-", 1)[1]))) if sealed else None
+        return []
+    return sorted((p for p in checkpoint_dir.iterdir() if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", p.name)),
+                  key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)

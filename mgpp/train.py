@@ -263,8 +263,8 @@ def _restore_last_step(trainer, pruning: PruningCallback, checkpoint: str) -> No
     missing, unexpected = load_model(trainer.model, os.path.join(checkpoint, "model.safetensors"), strict=False)
     tied = set(getattr(trainer.model, "_tied_weights_keys", None) or ())  # stored once, as their source
     if unexpected or set(missing) - tied:
-        raise ValueError(f"{checkpoint}/model.safetensors does not match the model (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}); rerun with resume=false")
+        raise ValueError(f"{checkpoint}/model.safetensors does not match the model (missing "
+                         f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}); rerun with resume=false")
     trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
     trainer.state.is_world_process_zero = trainer.is_world_process_zero()
     trainer.state.is_local_process_zero = trainer.is_local_process_zero()
