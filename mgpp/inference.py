@@ -1,9 +1,11 @@
-"""Sparse CPU inference: pruned ``nn.Linear`` layers swapped for sparse matmuls where that measures faster.
+"""Sparse CPU inference: pruned linear layers run as sparse matmuls where that measures faster.
 
 Whether a sparse layout beats the dense GEMM depends on the layer's shape, its sparsity, the number of
 tokens per call and the CPU, so :func:`sparsify_for_inference` times each candidate on the machine at
 hand (dense, torch's CSR and, when the zeros fall in whole blocks, BSR) and keeps the fastest. Layers
-below their break-even sparsity stay dense. Inference only: the sparse weights get no gradients.
+below their break-even sparsity stay dense. BERT-style encoders run feature-major
+(:mod:`mgpp.feature_major`: no transposes between sparse layers); other models get :class:`SparseLinear`
+in place of each pruned ``nn.Linear``. Inference only: the sparse weights get no gradients.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+
+from mgpp.feature_major import FeatureMajorEncoder, FeatureMajorLinear, is_plain_bert_encoder
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +118,11 @@ class LayerChoice:
 class SparsifyReport:
     tokens: int
     layers: list[LayerChoice] = field(default_factory=list)
+    #: encoders run feature-major, each with (its time, the original's) for ``tokens`` tokens, ms
+    encoders: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: encoders left as they were: feature-major measured no faster, or none of their layers went sparse
+    encoders_kept: list[str] = field(default_factory=list)
+    compiled: bool = False
 
     @property
     def swapped(self) -> list[LayerChoice]:
@@ -128,56 +137,142 @@ class SparsifyReport:
                          f"{t.get('csr', float('nan')):>8.3f} {t.get('bsr', float('nan')):>8.3f}  {c.choice}"
                          + (f" ({c.speedup:.2f}x)" if c.choice != "dense" else ""))
         lines.append(f"{len(self.swapped)} of {len(self.layers)} linear layers sparse ({self.tokens} tokens per call)")
+        for name, (new, old) in self.encoders.items():
+            lines.append(f"{name or 'model'}: feature-major{' (compiled)' if self.compiled else ''}, {new:.2f} ms "
+                         f"against {old:.2f} ms as it was ({old / new:.2f}x; times in eager mode)")
+        lines += [f"{name or 'model'}: left as it was (feature-major not faster)" for name in self.encoders_kept]
         return "\n".join(lines)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _fastest(weight: Tensor, tokens: int, layouts, blocksize: int, reps: int, make, time_form) -> tuple[dict, dict]:
+    """Times of the dense product and each sparse layout (built by ``make(layout)``, called on an input
+    laid out by ``time_form``), and the sparse modules that ran."""
+    x = time_form(torch.randn(tokens, weight.shape[1], dtype=weight.dtype, device=weight.device))
+    times, modules = {}, {}
+    for layout in ("dense", *layouts):
+        if layout == "bsr" and empty_block_fraction(weight, blocksize) < 0.5:
+            continue
+        try:
+            module = make(layout)
+            times[layout] = time_call(lambda: module(x), reps) * 1e3
+        except (RuntimeError, NotImplementedError) as err:  # e.g. no sparse kernel for this dtype/device
+            if layout == "dense":
+                raise
+            log.warning("%s layout skipped (%s)", layout, str(err).splitlines()[0])
+            continue
+        modules[layout] = module
+    return times, modules
+
+
+def _choose(times: dict, min_speedup: float) -> str:
+    best = min((layout for layout in times if layout != "dense"), key=times.get, default=None)
+    return best if best is not None and times["dense"] / times[best] >= min_speedup else "dense"
 
 
 @torch.no_grad()
 def sparsify_for_inference(model: nn.Module, tokens: int = 128, layouts=LAYOUTS, min_sparsity: float = 0.3,
-                           min_speedup: float = 1.05, blocksize: int = 16, reps: int = 10,
-                           include=None, contiguous_output: bool = True) -> SparsifyReport:
-    """Swap, in place, each ``nn.Linear`` of ``model`` for a :class:`SparseLinear` when a sparse layout
-    is at least ``min_speedup`` times faster than the dense one for ``tokens`` rows per call, timed here.
+                           min_speedup: float = 1.05, blocksize: int = 4, reps: int = 10, include=None,
+                           contiguous_output: bool = True, feature_major: bool = True, seq_len: int = 128,
+                           compile: bool = False) -> SparsifyReport:
+    """Make ``model``'s pruned linear layers sparse, in place, where a sparse layout is at least
+    ``min_speedup`` times faster than the dense one for ``tokens`` rows per call, timed here.
+
+    BERT-style encoders (:func:`~mgpp.feature_major.is_plain_bert_encoder`: BERT, MiniLM, RoBERTa, ...)
+    are replaced by a :class:`~mgpp.feature_major.FeatureMajorEncoder` whose layers are timed and chosen
+    in the feature-major form (no transposes), where the whole encoder then measures ``min_speedup`` times
+    faster than it was, for ``tokens // seq_len`` sequences of ``seq_len`` tokens (``feature_major=False``:
+    never); an encoder left as it was has its layers chosen one at a time like any other.
+    Every other ``nn.Linear`` becomes a :class:`SparseLinear` where that is faster.
 
     ``min_sparsity``: layers with fewer zeros are not timed (no sparse kernel wins there). ``include``:
-    an optional predicate on the module name. BSR is timed only when at least half of a layer's
-    ``blocksize`` blocks are empty (block-sparse masks; an unstructured mask leaves almost none empty).
-    ``contiguous_output``: see :class:`SparseLinear`. A layout whose kernel fails for a layer (a dtype
-    or device torch's sparse kernels lack) is skipped for it. Returns what was measured and chosen per
-    layer; the model is put in eval mode.
+    an optional predicate on the linear layer's name (left dense where it says False). BSR (``blocksize``
+    square blocks) is timed only when at least half of a layer's blocks are empty (block-sparse masks, as
+    ``pruning=block`` with ``pruning.score.rows`` = ``cols`` = ``blocksize`` leaves; an unstructured mask
+    leaves almost none empty). ``contiguous_output``: see :class:`SparseLinear`. ``compile``: each
+    feature-major layer through ``torch.compile`` (fuses the attention's and norms' elementwise work; the
+    first call compiles, seconds to a minute; needs a C++ compiler). A layout whose kernel fails for a
+    layer (a dtype or device torch's sparse kernels lack) is skipped for it. Returns what was measured and
+    chosen; the model is put in eval mode.
     """
     unknown = set(layouts) - set(LAYOUTS)
     if unknown:
         raise ValueError(f"unknown layouts {sorted(unknown)}; choose from {LAYOUTS}")
-    if tokens < 1:
-        raise ValueError(f"tokens must be positive, got tokens={tokens}")
+    if tokens < 1 or seq_len < 1:
+        raise ValueError(f"tokens and seq_len must be positive, got tokens={tokens}, seq_len={seq_len}")
     model.eval()
     report = SparsifyReport(tokens)
-    candidates = [(name, module) for name, module in model.named_modules()
-                  if type(module) is nn.Linear and (include is None or include(name))]
+    wanted = (lambda name: True) if include is None else include
+
+    def sparsity_of(weight: Tensor) -> float:
+        return float((weight == 0).float().mean())
+
+    encoders = [(name, module) for name, module in model.named_modules()  # a submodule: replaced in its parent
+                if feature_major and name and is_plain_bert_encoder(module)]
+    for name, encoder in encoders:
+        prefix = f"{name}." if name else ""
+        choices = []
+
+        def make_linear(layer_name: str, weight: Tensor, bias: Tensor | None) -> FeatureMajorLinear:
+            full = layer_name  # the encoder names it from the model down
+            sparsity = sparsity_of(weight)
+            if sparsity < min_sparsity or not all(wanted(part) for part in _parts(full)):
+                return FeatureMajorLinear(weight, bias)
+            times, modules = _fastest(weight, tokens, layouts, blocksize, reps,
+                                      lambda layout: FeatureMajorLinear(weight, bias, layout, blocksize),
+                                      lambda x: x.t().contiguous())
+            choice = _choose(times, min_speedup)
+            choices.append(LayerChoice(full, tuple(weight.shape), sparsity, times, choice))
+            return modules[choice]
+
+        replacement = FeatureMajorEncoder(encoder, make_linear, prefix)
+        if not any(c.choice != "dense" for c in choices):
+            report.encoders_kept.append(name)
+            continue
+        hidden = encoder.layer[0].attention.self.query.in_features
+        weight = encoder.layer[0].attention.self.query.weight
+        states = torch.randn(max(1, tokens // seq_len), min(seq_len, tokens), hidden, dtype=weight.dtype,
+                             device=weight.device)
+        new_ms = time_call(lambda: replacement(states), max(3, reps // 2)) * 1e3
+        old_ms = time_call(lambda: encoder(states), max(3, reps // 2)) * 1e3
+        if old_ms / new_ms < min_speedup:
+            report.encoders_kept.append(name)
+            continue
+        if compile:
+            for layer in replacement.layer:
+                layer.compile()
+            report.compiled = True
+        _set_submodule(model, name, replacement)
+        report.encoders[name] = (new_ms, old_ms)
+        report.layers += choices
+    # the rest (outside the feature-major encoders, or in those kept as they were): one layer at a time
+    candidates = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear and wanted(name)]
     for name, linear in candidates:
         weight = linear.weight
-        sparsity = float((weight == 0).float().mean())
+        sparsity = sparsity_of(weight)
         if sparsity < min_sparsity:
             continue
-        x = torch.randn(tokens, linear.in_features, dtype=weight.dtype, device=weight.device)
-        times = {"dense": time_call(lambda: linear(x), reps) * 1e3}
-        modules = {}
-        for layout in layouts:
-            if layout == "bsr" and empty_block_fraction(weight, blocksize) < 0.5:
-                continue
-            try:
-                sparse = SparseLinear.from_linear(linear, layout, blocksize, contiguous_output)
-                times[layout] = time_call(lambda: sparse(x), reps) * 1e3
-            except (RuntimeError, NotImplementedError) as err:  # e.g. no sparse kernel for this dtype/device
-                log.warning("%s: %s layout skipped (%s)", name, layout, str(err).splitlines()[0])
-                continue
-            modules[layout] = sparse
-        best = min(modules, key=times.get, default=None)  # the fastest sparse layout
-        choice = best if best is not None and times["dense"] / times[best] >= min_speedup else "dense"
+        times, modules = _fastest(weight, tokens, layouts, blocksize, reps,
+                                  lambda layout: linear if layout == "dense" else
+                                  SparseLinear.from_linear(linear, layout, blocksize, contiguous_output),
+                                  lambda x: x)
+        choice = _choose(times, min_speedup)
         report.layers.append(LayerChoice(name, tuple(weight.shape), sparsity, times, choice))
         if choice != "dense":
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, modules[choice])
-    log.info("sparse inference: %d of %d pruned linear layers swapped (%d tokens per call)",
-             len(report.swapped), len(report.layers), tokens)
+            _set_submodule(model, name, modules[choice])
+    log.info("sparse inference: %d of %d pruned linear layers sparse (%d tokens per call), %d encoder(s) "
+             "feature-major", len(report.swapped), len(report.layers), tokens, len(report.encoders))
     return report
+
+
+def _parts(name: str) -> list[str]:
+    """The names ``include`` is asked about for a feature-major projection: the stacked query+key+value
+    matrix answers for each of its three layers."""
+    head, _, last = name.rpartition(".")
+    if "+" not in last:
+        return [name]
+    return [f"{head}.{part}" for part in last.split("+")]

@@ -60,7 +60,7 @@ def test_swapping_every_pruned_layer_keeps_the_logits(contiguous):
         expected = model(input_ids=ids).logits
     sparse = copy.deepcopy(model)
     report = sparsify_for_inference(sparse, tokens=60, min_speedup=0.0, reps=2,  # swap whatever the timing says
-                                    contiguous_output=contiguous)
+                                    contiguous_output=contiguous, feature_major=False)
     assert len(report.layers) == 12 and len(report.swapped) == 12  # the 12 pruned matrices; head and pooler dense
     assert sum(isinstance(m, SparseLinear) for m in sparse.modules()) == 12
     assert isinstance(sparse.classifier, nn.Linear) and isinstance(sparse.bert.pooler.dense, nn.Linear)
@@ -71,7 +71,7 @@ def test_swapping_every_pruned_layer_keeps_the_logits(contiguous):
 
 def test_layers_that_are_not_faster_or_not_sparse_stay_dense():
     model = pruned_bert()
-    report = sparsify_for_inference(model, tokens=16, min_speedup=float("inf"), reps=2)
+    report = sparsify_for_inference(model, tokens=16, min_speedup=float("inf"), reps=2, feature_major=False)
     assert report.layers and not report.swapped
     assert not any(isinstance(m, SparseLinear) for m in model.modules())
     dense = tiny_bert()
@@ -85,7 +85,7 @@ def test_block_sparse_layers_are_timed_in_bsr_too():
     x = torch.randn(4, 32)
     with torch.no_grad():
         expected = model(x)
-    report = sparsify_for_inference(model, tokens=8, min_speedup=0.0, reps=2)
+    report = sparsify_for_inference(model, tokens=8, min_speedup=0.0, reps=2, blocksize=16)
     assert "bsr" in report.layers[0].times_ms and "bsr" not in report.layers[1].times_ms  # unstructured: no BSR
     with torch.no_grad():
         assert torch.allclose(model(x), expected, atol=1e-6)
