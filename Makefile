@@ -25,7 +25,7 @@ SMOKE_ARGS ?= max_train_samples=1024 max_eval_samples=256 train_size=67349 spars
 FAST_TESTS ?= tests/test_priors.py tests/test_schedules.py tests/test_pruning.py tests/test_callback.py \
 	tests/test_optimizer.py tests/test_config.py tests/test_metrics.py tests/test_paired.py tests/test_docs.py
 
-.PHONY: install smoke train test test-fast bench bench-inference study study-report clean
+.PHONY: install smoke train test test-fast bench bench-inference pipeline study study-report clean
 
 install: $(STAMP)
 
@@ -54,6 +54,11 @@ bench: install
 # shapes at 0/80/90/95% (about 10 minutes on 2 cores; nothing else should run meanwhile).
 bench-inference: install
 	$(PY) benchmarks/bench_inference.py
+
+# The whole path a user runs, stage by stage: make train's run -> export -> load -> sparse inference,
+# dense against sparse latency and SST-2 dev accuracy (benchmarks/bench_pipeline.py)
+pipeline: install
+	$(PY) benchmarks/bench_pipeline.py $(ARGS)
 
 # The ablation study (MiniLM-L6; dense, GMP, L2, PA, MGPP x 3 seeds; MRPC 90/80%, SST-2 90%, then
 # STS-B, RTE, SST-2 80%: many hours on 2 cores), then its report. Resumable: run it again after an
