@@ -160,3 +160,31 @@ def test_compiled_feature_major_layers_give_the_same_logits():
     assert report.compiled and "(compiled)" in report.table()
     with torch.no_grad():
         assert (model(input_ids=ids, attention_mask=mask).logits - expected).abs().max() <= 1e-5
+
+
+def test_the_pipeline_benchmark_runs_export_load_sparsify_and_keeps_every_dev_prediction(tmp_path):
+    """benchmarks/bench_pipeline.py on a tiny pruned BERT with MiniLM's tokenizer (make pipeline, minus training)."""
+    import json
+    import sys
+
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from conftest import ROOT
+    from mgpp.config import offline_model_path
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_pipeline
+
+    tokenizer = AutoTokenizer.from_pretrained(offline_model_path())
+    torch.manual_seed(0)
+    model = pruned(BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                                                            num_hidden_layers=2, num_attention_heads=2,
+                                                            intermediate_size=64, max_position_embeddings=128)))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    assert bench_pipeline.main(["--model-dir", str(tmp_path / "model"), "--work", str(tmp_path / "work"),
+                                "--reps", "2", "--batches", "1", "--threads", "1", "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "pipeline_cpu.json").read_text())
+    assert result["dev"]["agree"] == 1.0 and set(result["latency"]) == {"1"}
+    assert {"export", "load", "sparsify (batch 1)", "dev set, sparse (chosen for batch 1)"} <= set(result["stages_s"])
+    assert "SST-2 dev (872 sentences)" in (tmp_path / "out" / "pipeline_cpu.md").read_text()
