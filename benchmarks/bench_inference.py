@@ -111,6 +111,24 @@ def prune(model, pruner, sparsity):
     return model
 
 
+def linears_ms(model, tokens, reps) -> float:
+    """The summed time of the model's encoder projections alone (``nn.Linear`` on row-major activations, or
+    ``FeatureMajorLinear`` on feature-major ones): the rest of a forward is the remainder (attention's
+    products and softmax, norms, GELU, embeddings, the head, Python)."""
+    total = 0.0
+    for name, module in model.named_modules():
+        if ".layer." not in name:
+            continue
+        if type(module) is torch.nn.Linear:
+            x = torch.randn(tokens, module.in_features)
+        elif isinstance(module, FeatureMajorLinear):
+            x = torch.randn(module.in_features, tokens)
+        else:
+            continue
+        total += time_call(lambda m=module, x=x: m(x), reps)
+    return total * 1e3
+
+
 def timed_variants(model, batch, reps, compile_too, seq=SEQ):
     """Dense, the previous path, feature-major and feature-major compiled, on ``batch`` sequences."""
     gen = torch.Generator().manual_seed(0)
@@ -121,6 +139,8 @@ def timed_variants(model, batch, reps, compile_too, seq=SEQ):
     with torch.inference_mode():
         reference = run(model)
     row = {"dense_ms": time_call(lambda: run(model), reps, warmup=1, budget_s=budget) * 1e3}
+    if batch == 1:  # where the time goes: the projections, and the rest
+        row["dense_linears_ms"] = linears_ms(model, seq, reps)
     variants = {"previous": {"feature_major": False}, "fm": {}}
     if compile_too:
         variants["fm_compiled"] = {"compile": True}
@@ -137,6 +157,8 @@ def timed_variants(model, batch, reps, compile_too, seq=SEQ):
                 f"{name}_feature_major": bool(report.encoders)}
         if name == "fm_compiled":
             row["fm_compiled_first_call_s"] = first
+        if name == "fm" and batch == 1:
+            row["fm_linears_ms"] = linears_ms(sparse_model, seq, reps)
     return row
 
 
@@ -254,6 +276,20 @@ def main(argv=None) -> int:
                 diff = max(row[f"{v}_diff"] for v in variant_names)
                 emit(f"| {name_of(folder)} | | {batch} | {sparsity:.3f} | {row['dense_ms']:.1f} | {variant_cells(row)} | "
                      f"{row['fm_layers']} | {diff:.1e} |")
+
+    split = [r for r in results["end_to_end"] + results["models"] if "fm_linears_ms" in r]
+    if split:
+        md += ["", "### Where a batch-1 forward goes: the encoder's projections, and the rest", "",
+               "projections: their products alone, summed (dense `nn.Linear`; the feature-major path's chosen "
+               "layouts); rest = forward - projections (attention's products and softmax, norms, GELU, embeddings, "
+               "head, Python).", "",
+               "| model | mask | sparsity | dense: projections + rest ms | FM: projections + rest ms | "
+               "FM compiled: rest ms |", "|---|---|---|---|---|---|"]
+        for r in split:
+            compiled = f"{r['fm_compiled_ms'] - r['fm_linears_ms']:.1f}" if "fm_compiled_ms" in r else "–"
+            emit(f"| {r.get('model') or name_of(r['folder'])} | {r.get('mask', '')} | {r['sparsity']:g} | {r['dense_linears_ms']:.1f} + "
+                 f"{r['dense_ms'] - r['dense_linears_ms']:.1f} | {r['fm_linears_ms']:.1f} + "
+                 f"{r['fm_ms'] - r['fm_linears_ms']:.1f} | {compiled} |")
 
     tag = "cpu_quick" if args.quick else "cpu"
     out = write_results(args.out, f"bench_inference_{tag}", results, "\n".join(md))
