@@ -142,7 +142,7 @@ def timed_variants(model, batch, reps, compile_too, seq=SEQ):
     if batch == 1:  # where the time goes: the projections, and the rest
         row["dense_linears_ms"] = linears_ms(model, seq, reps)
     variants = {"previous": {"feature_major": False}, "fm": {}}
-    if compile_too:
+    if compile_too and batch == 1:  # (at batch 32 the fused elementwise work is a smaller share)
         variants["fm_compiled"] = {"compile": True}
     for name, options in variants.items():
         sparse_model = copy.deepcopy(model)
@@ -181,6 +181,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", default="layers,break_even,end_to_end,models")
     parser.add_argument("--quick", action="store_true", help="MiniLM only, batch 1, 90%%, few reps (a smoke run)")
     parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "inference"))
+    parser.add_argument("--name", default="bench_inference_cpu",
+                        help="file stem of the results (one per set of sections run, so parts can run apart)")
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.batches, args.sparsities, args.reps, args.e2e_reps = "minilm", "1", "0.9", 3, 2
@@ -240,7 +242,8 @@ def main(argv=None) -> int:
               + " | layers sparse (FM) | max abs logit diff |")
 
     def variant_cells(row):
-        return " | ".join(f"{row[f'{v}_ms']:.1f} ms ({row[f'{v}_speedup']:.2f}x)" for v in variant_names)
+        return " | ".join(f"{row[f'{v}_ms']:.1f} ms ({row[f'{v}_speedup']:.2f}x)" if f"{v}_ms" in row else "–"
+                          for v in variant_names)
 
     if "end_to_end" in sections:
         md += ["", "### End to end (one-shot pruning by mgpp's pruners, `sparsify_for_inference`)", "",
@@ -257,7 +260,7 @@ def main(argv=None) -> int:
                         reps = args.e2e_reps if batch == 1 else max(2, args.e2e_reps // 2)
                         row = timed_variants(model, batch, reps, compile_too)
                         results["end_to_end"].append({"model": name, "mask": mask, "batch": batch, "sparsity": s, **row})
-                        diff = max(row[f"{v}_diff"] for v in variant_names)
+                        diff = max(row[f"{v}_diff"] for v in variant_names if f"{v}_diff" in row)
                         emit(f"| {name} | {mask} | {batch} | {s:g} | {row['dense_ms']:.1f} | {variant_cells(row)} | "
                              f"{row['fm_layers']} | {diff:.1e} |")
 
@@ -273,7 +276,7 @@ def main(argv=None) -> int:
                 reps = args.e2e_reps if batch == 1 else max(2, args.e2e_reps // 2)
                 row = timed_variants(model, batch, reps, compile_too)
                 results["models"].append({"folder": str(folder), "batch": batch, "sparsity": sparsity, **row})
-                diff = max(row[f"{v}_diff"] for v in variant_names)
+                diff = max(row[f"{v}_diff"] for v in variant_names if f"{v}_diff" in row)
                 emit(f"| {name_of(folder)} | | {batch} | {sparsity:.3f} | {row['dense_ms']:.1f} | {variant_cells(row)} | "
                      f"{row['fm_layers']} | {diff:.1e} |")
 
@@ -291,9 +294,9 @@ def main(argv=None) -> int:
                  f"{r['dense_ms'] - r['dense_linears_ms']:.1f} | {r['fm_linears_ms']:.1f} + "
                  f"{r['fm_ms'] - r['fm_linears_ms']:.1f} | {compiled} |")
 
-    tag = "cpu_quick" if args.quick else "cpu"
-    out = write_results(args.out, f"bench_inference_{tag}", results, "\n".join(md))
-    print(f"wrote {out}/bench_inference_{tag}.{{json,md}}")
+    stem = f"{args.name}_quick" if args.quick else args.name
+    out = write_results(args.out, stem, results, "\n".join(md))
+    print(f"wrote {out}/{stem}.{{json,md}}")
     return 0
 
 
