@@ -317,6 +317,36 @@ def test_study_followup_points_compose_into_their_own_folders():
     assert study.hydra.run.dir.startswith("experiments/results/study_ablation/runs/")
 
 
+def test_study_confirmatory_pa_runs_the_setting_the_search_chose():
+    """run.sh's confirm_pa block: PA with the (final sigma0^2, lr) that sweeps/pa_search picked by the study
+    README's rule (highest seed-1 dev accuracy after the last step), trained exactly as that search run was,
+    each seed in its own folder under confirm/ with MRPC's test set evaluated."""
+    import json
+    import subprocess
+
+    env = dict(os.environ, DRY_RUN="1", BLOCKS="confirm_pa", SEEDS="11 12")
+    lines = subprocess.run(["bash", str(ROOT / "experiments/results/study_ablation/run.sh")], env=env,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(lines) == 2 and all("method=pa" in line for line in lines)
+    search = ROOT / "experiments/results/study_ablation/search/pa/mrpc/sparsity0.9_seed1"
+    finished = {run.parent.parent.name: json.loads(run.read_text()) for run in search.glob("*/method=pa/metrics.json")}
+    if len(finished) == 9:  # the rule, recomputed from the search's runs (ties: F1, then the larger final sigma0^2)
+        best = max(finished, key=lambda k: (finished[k]["eval_accuracy"], finished[k]["eval_f1"],
+                                            float(k.split("_lr")[0].removeprefix("sigma0_sq_final"))))
+        assert best == "sigma0_sq_final1e-07_lr5e-05"
+    chosen = OmegaConf.load(search / "sigma0_sq_final1e-07_lr5e-05/method=pa/config.yaml")
+    folders = set()
+    for line in lines:
+        cfg = compose_train("experiment=study_ablation", *line.split(), hydra=True)
+        validate(cfg)
+        assert list(cfg.task.eval_splits) == ["validation", "test"]
+        assert cfg.hydra.run.dir.startswith("experiments/results/study_ablation/confirm/mrpc/pa/")
+        folders.add(cfg.hydra.run.dir)
+        for group in ("trainer", "schedule", "prior", "pruning"):
+            assert OmegaConf.to_container(cfg[group], resolve=True) == OmegaConf.to_container(chosen[group], resolve=True), group
+    assert len(folders) == 2
+
+
 def test_study_confirmatory_block_runs_apart_with_its_verdict_split():
     """run.sh's confirmatory blocks (fixed in the study README before they ran): each run composes into
     its own folder under confirm/, evaluates dev and MRPC's labelled test set, and keeps the study's
