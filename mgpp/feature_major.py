@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
-__all__ = ["sparse_addmm", "FeatureMajorLinear", "FeatureMajorLayerNorm", "FeatureMajorLayer", "FeatureMajorEncoder",
+__all__ = ["sparse_addmm", "add_norm", "attention_context", "FeatureMajorLinear", "FeatureMajorLayerNorm", "FeatureMajorLayer", "FeatureMajorEncoder",
            "is_plain_bert_encoder"]
 
 
@@ -86,8 +86,44 @@ class FeatureMajorLinear(nn.Module):
                 + (f", blocksize={self.blocksize}" if self.blocksize else "") + f", density={self.density:.3f}")
 
 
+def add_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """LayerNorm of ``x + residual`` over dimension 0 (features) of feature-major tensors; ``weight`` and
+    ``bias`` are columns."""
+    x = x + residual
+    centered = x - x.mean(0, keepdim=True)
+    scale = torch.rsqrt(centered.square().mean(0, keepdim=True) + eps)
+    return torch.addcmul(bias, centered * scale, weight)
+
+
+def attention_context(qkv: Tensor, heads: int, head_size: int, batch: int, seq: int, scaling: float,
+                      mask: Tensor | None) -> Tensor:
+    """Self-attention's context, feature-major (``hidden x tokens``), from the stacked query/key/value
+    projections ``qkv`` (``3 * hidden x tokens``): each head read through strided views, no copy in."""
+    # (3, heads, head_size, batch, seq) -> q, k, v each (batch, heads, head_size, seq)
+    q, k, v = qkv.view(3, heads, head_size, batch, seq).permute(0, 3, 1, 2, 4).unbind(0)
+    scores = torch.matmul(q.transpose(-1, -2), k) * scaling  # (batch, heads, query, key)
+    if mask is not None:
+        scores = scores + mask
+    probs = scores.softmax(-1)
+    context = torch.matmul(v, probs.transpose(-1, -2))  # (batch, heads, head_size, query)
+    return context.permute(1, 2, 0, 3).reshape(heads * head_size, batch * seq)
+
+
+_compiled: dict[str, object] = {}
+
+
+def compiled(name: str):
+    """The ``torch.compile`` of :func:`add_norm` or :func:`attention_context`, made once per process and
+    shared by every layer (same shapes in every layer, so one compile serves them all; compiling each layer's
+    ``forward`` instead would recompile for each layer's number of nonzeros)."""
+    if name not in _compiled:
+        _compiled[name] = torch.compile({"add_norm": add_norm, "attention_context": attention_context}[name])
+    return _compiled[name]
+
+
 class FeatureMajorLayerNorm(nn.Module):
-    """``nn.LayerNorm`` over dimension 0 of a feature-major ``hidden x tokens`` tensor."""
+    """``nn.LayerNorm`` over dimension 0 of a feature-major ``hidden x tokens`` tensor, applied to the sum
+    of a sublayer's output and its residual."""
 
     def __init__(self, norm: nn.LayerNorm):
         super().__init__()
@@ -99,11 +135,10 @@ class FeatureMajorLayerNorm(nn.Module):
         bias = norm.bias if norm.bias is not None else torch.zeros(hidden)
         self.register_buffer("weight_column", weight.detach().reshape(-1, 1).clone())
         self.register_buffer("bias_column", bias.detach().reshape(-1, 1).clone())
+        self.kernel = add_norm
 
-    def forward(self, x: Tensor) -> Tensor:
-        centered = x - x.mean(0, keepdim=True)
-        scale = torch.rsqrt(centered.square().mean(0, keepdim=True) + self.eps)
-        return torch.addcmul(self.bias_column, centered * scale, self.weight_column)
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.kernel(x, residual, self.weight_column, self.bias_column, self.eps)
 
 
 class FeatureMajorLayer(nn.Module):
@@ -129,19 +164,18 @@ class FeatureMajorLayer(nn.Module):
         self.activation = layer.intermediate.intermediate_act_fn
         self.output = make_linear(f"{prefix}output.dense", layer.output.dense.weight, layer.output.dense.bias)
         self.output_norm = FeatureMajorLayerNorm(layer.output.LayerNorm)
+        self.context = attention_context
+
+    def use_compiled(self) -> None:
+        """Run the attention core and the residual + LayerNorm steps through ``torch.compile`` (fused
+        elementwise work); the sparse products stay torch's kernels, called as they are."""
+        self.context = compiled("attention_context")
+        self.attention_norm.kernel = self.output_norm.kernel = compiled("add_norm")
 
     def forward(self, x: Tensor, batch: int, seq: int, mask: Tensor | None) -> Tensor:
-        hidden = x.shape[0]
-        # (3, heads, head_size, batch, seq) -> q, k, v each (batch, heads, head_size, seq): views, no copy
-        q, k, v = self.qkv(x).view(3, self.heads, self.head_size, batch, seq).permute(0, 3, 1, 2, 4).unbind(0)
-        scores = torch.matmul(q.transpose(-1, -2), k) * self.scaling  # (batch, heads, query, key)
-        if mask is not None:
-            scores = scores + mask
-        probs = scores.softmax(-1)
-        context = torch.matmul(v, probs.transpose(-1, -2))  # (batch, heads, head_size, query)
-        context = context.permute(1, 2, 0, 3).reshape(hidden, batch * seq)
-        x = self.attention_norm(self.attention_output(context) + x)
-        return self.output_norm(self.output(self.activation(self.intermediate(x))) + x)
+        context = self.context(self.qkv(x), self.heads, self.head_size, batch, seq, self.scaling, mask)
+        x = self.attention_norm(self.attention_output(context), x)
+        return self.output_norm(self.output(self.activation(self.intermediate(x))), x)
 
 
 def _additive_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:

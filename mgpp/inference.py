@@ -193,9 +193,9 @@ def sparsify_for_inference(model: nn.Module, tokens: int = 128, layouts=LAYOUTS,
     an optional predicate on the linear layer's name (left dense where it says False). BSR (``blocksize``
     square blocks) is timed only when at least half of a layer's blocks are empty (block-sparse masks, as
     ``pruning=block`` with ``pruning.score.rows`` = ``cols`` = ``blocksize`` leaves; an unstructured mask
-    leaves almost none empty). ``contiguous_output``: see :class:`SparseLinear`. ``compile``: each
-    feature-major layer through ``torch.compile`` (fuses the attention's and norms' elementwise work; the
-    first call compiles, seconds to a minute; needs a C++ compiler). A layout whose kernel fails for a
+    leaves almost none empty). ``contiguous_output``: see :class:`SparseLinear`. ``compile``: the
+    feature-major layers' attention core and residual + LayerNorm steps through ``torch.compile`` (fused
+    elementwise work; the first call compiles, seconds; needs a C++ compiler). A layout whose kernel fails for a
     layer (a dtype or device torch's sparse kernels lack) is skipped for it. Returns what was measured and
     chosen; the model is put in eval mode.
     """
@@ -244,7 +244,7 @@ def sparsify_for_inference(model: nn.Module, tokens: int = 128, layouts=LAYOUTS,
             continue
         if compile:
             for layer in replacement.layer:
-                layer.compile()
+                layer.use_compiled()
             report.compiled = True
         _set_submodule(model, name, replacement)
         report.encoders[name] = (new_ms, old_ms)

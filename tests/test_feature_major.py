@@ -158,6 +158,8 @@ def test_compiled_feature_major_layers_give_the_same_logits():
         expected = model(input_ids=ids, attention_mask=mask).logits
     report = sparsify_for_inference(model, tokens=40, seq_len=20, min_speedup=0.0, reps=2, compile=True)
     assert report.compiled and "(compiled)" in report.table()
+    layers = model.bert.encoder.layer  # one compiled function for every layer (one compile, not one per layer)
+    assert len({id(layer.context) for layer in layers}) == 1 and len({id(layer.output_norm.kernel) for layer in layers}) == 1
     with torch.no_grad():
         assert (model(input_ids=ids, attention_mask=mask).logits - expected).abs().max() <= 1e-5
 
