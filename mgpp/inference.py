@@ -169,6 +169,20 @@ def _fastest(weight: Tensor, tokens: int, layouts, blocksize: int, reps: int, ma
     return times, modules
 
 
+def _interleaved_ms(first, second, reps: int) -> tuple[float, float]:
+    """Median ms of two calls timed in alternation (first, second, first, ...), so that a machine whose
+    speed drifts over seconds (a shared or throttled CPU) slows both alike."""
+    with torch.inference_mode():
+        first(), second()  # warm-up
+        times = ([], [])
+        for _ in range(reps):
+            for fn, out in zip((first, second), times):
+                start = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - start)
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+
+
 def _choose(times: dict, min_speedup: float) -> str:
     best = min((layout for layout in times if layout != "dense"), key=times.get, default=None)
     return best if best is not None and times["dense"] / times[best] >= min_speedup else "dense"
@@ -237,8 +251,7 @@ def sparsify_for_inference(model: nn.Module, tokens: int = 128, layouts=LAYOUTS,
         weight = encoder.layer[0].attention.self.query.weight
         states = torch.randn(max(1, tokens // seq_len), min(seq_len, tokens), hidden, dtype=weight.dtype,
                              device=weight.device)
-        new_ms = time_call(lambda: replacement(states), max(3, reps // 2)) * 1e3
-        old_ms = time_call(lambda: encoder(states), max(3, reps // 2)) * 1e3
+        new_ms, old_ms = _interleaved_ms(lambda: replacement(states), lambda: encoder(states), max(3, reps // 2))
         if old_ms / new_ms < min_speedup:
             report.encoders_kept.append(name)
             continue
