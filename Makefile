@@ -58,7 +58,7 @@ bench-inference: install
 # The whole path a user runs, stage by stage: make train's run -> export -> load -> sparse inference,
 # dense against sparse latency and SST-2 dev accuracy (benchmarks/bench_pipeline.py)
 pipeline: install
-	$(PY) benchmarks/bench_pipeline.py $(ARGS)
+	$(PY) benchmarks/bench_pipeline.py --train-args "$(TRAIN_ARGS)" $(ARGS)
 
 # The ablation study (MiniLM-L6; dense, GMP, L2, PA, MGPP x 3 seeds; MRPC 90/80%, SST-2 90%, then
 # STS-B, RTE, SST-2 80%: many hours on 2 cores), then its report. Resumable: run it again after an

@@ -33,13 +33,12 @@ from mgpp.export import export_sparse, load_sparse  # noqa: E402
 from mgpp.inference import sparsify_for_inference, time_call  # noqa: E402
 from mgpp.tasks.glue_data import load_glue  # noqa: E402
 
-TRAIN_ARGS = ["max_train_samples=8000", "trainer.num_train_epochs=2"]  # make train's (Makefile TRAIN_ARGS)
 SEQ = 128
 
 
-def train(run_dir: Path) -> Path:
-    """``make train``'s run, into ``run_dir``; returns its model folder."""
-    command = [sys.executable, "-m", "mgpp.train", *TRAIN_ARGS, f"hydra.run.dir={run_dir}", "logger=[jsonl]"]
+def train(run_dir: Path, overrides: list[str]) -> Path:
+    """A run of ``python -m mgpp.train`` with ``overrides`` into ``run_dir``; returns its model folder."""
+    command = [sys.executable, "-m", "mgpp.train", *overrides, f"hydra.run.dir={run_dir}", "logger=[jsonl]"]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
     return run_dir / "model"
@@ -61,12 +60,17 @@ def dev_predictions(model, tokenizer, sentences, batch_size=32) -> torch.Tensor:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", help="a trained pruned model folder (a run's model/); default: train one")
+    parser.add_argument("--train-args", help="overrides of the training run when there is no --model-dir "
+                        "(make pipeline passes make train's TRAIN_ARGS)")
     parser.add_argument("--work", help="where the run and the export go (default: a temporary folder)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--batches", default="1,32", help="batch sizes (x 128 tokens) to sparsify for and time")
     parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "inference"))
     args = parser.parse_args(argv)
+    if args.model_dir is None and args.train_args is None:
+        parser.error("give --model-dir (a trained model) or --train-args (the run to train first; "
+                     "`make pipeline` passes make train's)")
     warnings.filterwarnings("ignore", message=".*Sparse (CSR|BSR) tensor support is in beta.*")
     hf_logging.set_verbosity_error()
     work = Path(args.work or tempfile.mkdtemp(prefix="mgpp_pipeline_"))
@@ -80,7 +84,8 @@ def main(argv=None) -> int:
         print(f"{name}: {stages[name]:.1f} s", flush=True)
         return value
 
-    model_dir = Path(args.model_dir) if args.model_dir else stage("train", lambda: train(work / "run"))
+    model_dir = (Path(args.model_dir) if args.model_dir
+                 else stage("train", lambda: train(work / "run", args.train_args.split())))
     torch.set_num_threads(args.threads)
     export_dir = work / "export"
     stage("export", lambda: export_sparse(model_dir, export_dir, replace=True))
