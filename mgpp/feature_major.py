@@ -131,8 +131,10 @@ class FeatureMajorLayerNorm(nn.Module):
             raise ValueError(f"only a LayerNorm over one dimension runs feature-major, got {norm.normalized_shape}")
         self.eps = norm.eps
         hidden = norm.normalized_shape[0]
-        weight = norm.weight if norm.weight is not None else torch.ones(hidden)
-        bias = norm.bias if norm.bias is not None else torch.zeros(hidden)
+        like = next(norm.parameters(), None)
+        options = {"dtype": like.dtype, "device": like.device} if like is not None else {}
+        weight = norm.weight if norm.weight is not None else torch.ones(hidden, **options)
+        bias = norm.bias if norm.bias is not None else torch.zeros(hidden, **options)
         self.register_buffer("weight_column", weight.detach().reshape(-1, 1).clone())
         self.register_buffer("bias_column", bias.detach().reshape(-1, 1).clone())
         self.kernel = add_norm
@@ -153,7 +155,7 @@ class FeatureMajorLayer(nn.Module):
         self.head_size = attention.attention_head_size
         self.scaling = float(getattr(attention, "scaling", self.head_size ** -0.5))
         projections = (attention.query, attention.key, attention.value)
-        biases = [p.bias if p.bias is not None else torch.zeros(p.out_features) for p in projections]
+        biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in projections]
         self.qkv = make_linear(f"{prefix}attention.self.query+key+value",
                                torch.cat([p.weight for p in projections]), torch.cat(biases))
         self.attention_output = make_linear(f"{prefix}attention.output.dense", layer.attention.output.dense.weight,
@@ -183,8 +185,12 @@ def _additive_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor 
     True = attend), an additive float one (eager) or None (nothing masked)."""
     if attention_mask is None:
         return None
+    if not isinstance(attention_mask, Tensor):  # e.g. flex attention's BlockMask
+        raise NotImplementedError(f"FeatureMajorEncoder takes a tensor attention mask (eager or sdpa attention), "
+                                  f"got {type(attention_mask).__name__}")
     if attention_mask.dtype == torch.bool:
-        return torch.zeros(attention_mask.shape, dtype=dtype).masked_fill_(~attention_mask, torch.finfo(dtype).min)
+        return (torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+                .masked_fill_(~attention_mask, torch.finfo(dtype).min))
     return attention_mask.to(dtype)
 
 
@@ -202,6 +208,10 @@ class FeatureMajorEncoder(nn.Module):
                 encoder_hidden_states: Tensor | None = None, **kwargs) -> BaseModelOutputWithPastAndCrossAttentions:
         if encoder_hidden_states is not None:
             raise NotImplementedError("FeatureMajorEncoder runs encoders only (no cross-attention)")
+        asked = [key for key in ("output_attentions", "output_hidden_states", "head_mask") if kwargs.get(key)]
+        if asked:  # never an empty answer: these come from per-layer hooks the feature-major layers do not have
+            raise NotImplementedError(f"FeatureMajorEncoder does not return {' or '.join(asked)}; run the model as "
+                                      "it was, or sparsify_for_inference(..., feature_major=False)")
         batch, seq, hidden = hidden_states.shape
         x = hidden_states.permute(2, 0, 1).reshape(hidden, batch * seq)  # the one layout change in
         mask = _additive_mask(attention_mask, hidden_states.dtype)

@@ -120,8 +120,8 @@ class SparsifyReport:
     layers: list[LayerChoice] = field(default_factory=list)
     #: encoders run feature-major, each with (its time, the original's) for ``tokens`` tokens, ms
     encoders: dict[str, tuple[float, float]] = field(default_factory=dict)
-    #: encoders left as they were: feature-major measured no faster, or none of their layers went sparse
-    encoders_kept: list[str] = field(default_factory=list)
+    #: encoders left as they were, each with why (none of its layers went sparse, or not faster as a whole)
+    encoders_kept: dict[str, str] = field(default_factory=dict)
     compiled: bool = False
 
     @property
@@ -138,9 +138,9 @@ class SparsifyReport:
                          + (f" ({c.speedup:.2f}x)" if c.choice != "dense" else ""))
         lines.append(f"{len(self.swapped)} of {len(self.layers)} linear layers sparse ({self.tokens} tokens per call)")
         for name, (new, old) in self.encoders.items():
-            lines.append(f"{name or 'model'}: feature-major{' (compiled)' if self.compiled else ''}, {new:.2f} ms "
+            lines.append(f"{name}: feature-major{' (compiled)' if self.compiled else ''}, {new:.2f} ms "
                          f"against {old:.2f} ms as it was ({old / new:.2f}x; times in eager mode)")
-        lines += [f"{name or 'model'}: left as it was (feature-major not faster)" for name in self.encoders_kept]
+        lines += [f"{name}: left as it was ({why})" for name, why in self.encoders_kept.items()]
         return "\n".join(lines)
 
 
@@ -149,7 +149,8 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def _fastest(weight: Tensor, tokens: int, layouts, blocksize: int, reps: int, make, time_form) -> tuple[dict, dict]:
+def _fastest(name: str, weight: Tensor, tokens: int, layouts, blocksize: int, reps: int, make,
+             time_form) -> tuple[dict, dict]:
     """Times of the dense product and each sparse layout (built by ``make(layout)``, called on an input
     laid out by ``time_form``), and the sparse modules that ran."""
     x = time_form(torch.randn(tokens, weight.shape[1], dtype=weight.dtype, device=weight.device))
@@ -163,7 +164,7 @@ def _fastest(weight: Tensor, tokens: int, layouts, blocksize: int, reps: int, ma
         except (RuntimeError, NotImplementedError) as err:  # e.g. no sparse kernel for this dtype/device
             if layout == "dense":
                 raise
-            log.warning("%s layout skipped (%s)", layout, str(err).splitlines()[0])
+            log.warning("%s: %s layout skipped (%s)", name, layout, str(err).splitlines()[0])
             continue
         modules[layout] = module
     return times, modules
@@ -228,24 +229,22 @@ def sparsify_for_inference(model: nn.Module, tokens: int = 128, layouts=LAYOUTS,
     encoders = [(name, module) for name, module in model.named_modules()  # a submodule: replaced in its parent
                 if feature_major and name and is_plain_bert_encoder(module)]
     for name, encoder in encoders:
-        prefix = f"{name}." if name else ""
         choices = []
 
         def make_linear(layer_name: str, weight: Tensor, bias: Tensor | None) -> FeatureMajorLinear:
-            full = layer_name  # the encoder names it from the model down
-            sparsity = sparsity_of(weight)
-            if sparsity < min_sparsity or not all(wanted(part) for part in _parts(full)):
+            sparsity = sparsity_of(weight)  # (the encoder names the layer from the model down)
+            if sparsity < min_sparsity or not all(wanted(part) for part in _parts(layer_name)):
                 return FeatureMajorLinear(weight, bias)
-            times, modules = _fastest(weight, tokens, layouts, blocksize, reps,
+            times, modules = _fastest(layer_name, weight, tokens, layouts, blocksize, reps,
                                       lambda layout: FeatureMajorLinear(weight, bias, layout, blocksize),
                                       lambda x: x.t().contiguous())
             choice = _choose(times, min_speedup)
-            choices.append(LayerChoice(full, tuple(weight.shape), sparsity, times, choice))
+            choices.append(LayerChoice(layer_name, tuple(weight.shape), sparsity, times, choice))
             return modules[choice]
 
-        replacement = FeatureMajorEncoder(encoder, make_linear, prefix)
+        replacement = FeatureMajorEncoder(encoder, make_linear, f"{name}.")
         if not any(c.choice != "dense" for c in choices):
-            report.encoders_kept.append(name)
+            report.encoders_kept[name] = "no layer faster sparse" if choices else "no layer sparse enough to time"
             continue
         hidden = encoder.layer[0].attention.self.query.in_features
         weight = encoder.layer[0].attention.self.query.weight
@@ -253,7 +252,7 @@ def sparsify_for_inference(model: nn.Module, tokens: int = 128, layouts=LAYOUTS,
                              device=weight.device)
         new_ms, old_ms = _interleaved_ms(lambda: replacement(states), lambda: encoder(states), max(3, reps // 2))
         if old_ms / new_ms < min_speedup:
-            report.encoders_kept.append(name)
+            report.encoders_kept[name] = f"feature-major not faster: {new_ms:.2f} ms against {old_ms:.2f} ms"
             continue
         if compile:
             for layer in replacement.layer:
@@ -269,7 +268,7 @@ def sparsify_for_inference(model: nn.Module, tokens: int = 128, layouts=LAYOUTS,
         sparsity = sparsity_of(weight)
         if sparsity < min_sparsity:
             continue
-        times, modules = _fastest(weight, tokens, layouts, blocksize, reps,
+        times, modules = _fastest(name, weight, tokens, layouts, blocksize, reps,
                                   lambda layout: linear if layout == "dense" else
                                   SparseLinear.from_linear(linear, layout, blocksize, contiguous_output),
                                   lambda x: x)

@@ -92,6 +92,14 @@ def test_only_plain_bert_encoders_qualify():
                          intermediate_size=64, is_decoder=True, add_cross_attention=True)
     from transformers import BertModel
     assert not is_plain_bert_encoder(BertModel(decoder).encoder)
+    swapped_model = swapped(pruned(tiny_bert()), "dense")
+    ids, _ = inputs(1)
+    for flag in ("output_hidden_states", "output_attentions"):  # never an empty tuple in place of the answer
+        with pytest.raises(NotImplementedError, match=flag):
+            swapped_model(input_ids=ids, **{flag: True})
+    with pytest.raises(NotImplementedError, match="tensor attention mask"):
+        FeatureMajorEncoder(tiny_bert().bert.encoder, lambda n, w, b: FeatureMajorLinear(w, b))(
+            torch.randn(1, 4, 32), attention_mask=object())
     with pytest.raises(NotImplementedError, match="cross-attention"):
         FeatureMajorEncoder(tiny_bert().bert.encoder, lambda n, w, b: FeatureMajorLinear(w, b))(
             torch.randn(1, 4, 32), encoder_hidden_states=torch.randn(1, 4, 32))
@@ -116,7 +124,7 @@ def test_sparsify_runs_bert_encoders_feature_major_and_keeps_the_logits():
 def test_an_encoder_that_is_not_faster_is_left_and_its_layers_chosen_one_by_one():
     model = pruned(tiny_bert())
     report = sparsify_for_inference(model, tokens=16, min_speedup=float("inf"), reps=2)
-    assert report.encoders_kept == ["bert.encoder"] and not report.encoders
+    assert report.encoders_kept == {"bert.encoder": "no layer faster sparse"} and not report.encoders
     assert type(model.bert.encoder).__name__ == "BertEncoder" and not report.swapped
     assert len(report.layers) == 12  # timed as row-major layers instead
     assert "left as it was" in report.table()
@@ -185,8 +193,9 @@ def test_the_pipeline_benchmark_runs_export_load_sparsify_and_keeps_every_dev_pr
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     assert bench_pipeline.main(["--model-dir", str(tmp_path / "model"), "--work", str(tmp_path / "work"),
-                                "--reps", "2", "--batches", "1", "--threads", "1", "--out", str(tmp_path / "out")]) == 0
+                                "--reps", "2", "--batches", "1", "--threads", "1", "--min-speedup", "0", "--out", str(tmp_path / "out")]) == 0
     result = json.loads((tmp_path / "out" / "pipeline_cpu.json").read_text())
-    assert result["dev"]["agree"] == 1.0 and set(result["latency"]) == {"1"}
+    assert result["dev"]["agree_batch1"] == 1.0 and set(result["latency"]) == {"1"}
     assert {"export", "load", "sparsify (batch 1)", "dev set, sparse (chosen for batch 1)"} <= set(result["stages_s"])
-    assert "SST-2 dev (872 sentences)" in (tmp_path / "out" / "pipeline_cpu.md").read_text()
+    report = (tmp_path / "out" / "pipeline_cpu.md").read_text()
+    assert "SST-2 dev (872 sentences" in report and "bert.encoder: feature-major" in report  # really sparse
