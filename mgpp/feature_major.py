@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
-__all__ = ["sparse_addmm", "add_norm", "attention_context", "FeatureMajorLinear", "FeatureMajorLayerNorm", "FeatureMajorLayer", "FeatureMajorEncoder",
+__all__ = ["compressed", "sparse_addmm", "add_norm", "attention_context", "FeatureMajorLinear", "FeatureMajorLayerNorm", "FeatureMajorLayer", "FeatureMajorEncoder",
            "is_plain_bert_encoder"]
 
 
@@ -40,6 +40,14 @@ def _(bias, crow, col, values, x, rows):
     return x.new_empty(rows, x.shape[1])
 
 
+def compressed(weight: Tensor, layout: str, blocksize: int) -> Tensor:
+    """``weight`` as a torch sparse CSR tensor, or BSR with ``blocksize`` square blocks (``layout``), without
+    the beta warning torch prints once per process for these layouts."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tensor support is in beta.*")
+        return weight.to_sparse_csr() if layout == "csr" else weight.to_sparse_bsr((blocksize, blocksize))
+
+
 class FeatureMajorLinear(nn.Module):
     """``Y = W @ X + b`` on feature-major ``X`` (``in_features x tokens``), with ``W`` held dense, or as the
     parts of a CSR or BSR (square blocks) matrix with 32-bit indices (measured 5-15% faster in torch's
@@ -58,9 +66,7 @@ class FeatureMajorLinear(nn.Module):
         if layout == "dense":
             self.register_buffer("weight", weight.contiguous().clone())
         else:
-            with warnings.catch_warnings():  # torch flags its sparse layouts as beta, once per process
-                warnings.filterwarnings("ignore", message=".*tensor support is in beta.*")
-                sparse = weight.to_sparse_csr() if layout == "csr" else weight.to_sparse_bsr((blocksize, blocksize))
+            sparse = compressed(weight, layout, blocksize)
             index = torch.int32 if sparse.values().shape[0] < 2**31 else torch.int64
             self.register_buffer("crow_indices", sparse.crow_indices().to(index))
             self.register_buffer("col_indices", sparse.col_indices().to(index))

@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from mgpp.feature_major import FeatureMajorEncoder, FeatureMajorLinear, is_plain_bert_encoder
+from mgpp.feature_major import FeatureMajorEncoder, FeatureMajorLinear, compressed, is_plain_bert_encoder
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +48,7 @@ class SparseLinear(nn.Module):
         self.layout = layout
         self.blocksize = blocksize if layout == "bsr" else None
         self.contiguous_output = contiguous_output
-        with warnings.catch_warnings():  # torch flags its sparse layouts as beta, once per process
-            warnings.filterwarnings("ignore", message=".*tensor support is in beta.*")
-            sparse = weight.to_sparse_csr() if layout == "csr" else weight.to_sparse_bsr((blocksize, blocksize))
-        self.register_buffer("weight", sparse)
+        self.register_buffer("weight", compressed(weight, layout, blocksize))
         self.register_buffer("bias_column", None if bias is None else bias.detach().reshape(-1, 1).clone())
 
     @classmethod
